@@ -1,0 +1,101 @@
+//! The one path every hook takes to userspace: filter, count, fill a RawEvent, submit.
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use aya_log_ebpf::warn;
+use tracer_common::{Config, RawEvent, TGID_ALL, counter, flag, kind_bit};
+
+/// Offset of `task_struct.start_time`, resolved by name from the running kernel's BTF and set
+/// by the loader. A load-time constant so the verifier sees a fixed offset.
+#[unsafe(no_mangle)]
+static OFF_TASK_START_TIME: Global<u64> = Global::new(0);
+
+/// Size is set by the loader (`--ring-size`); this is only the default.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+fn bump(index: u32, by: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot: no other CPU writes it, and preemption is off in these programs.
+        unsafe { *c += by };
+    }
+}
+
+#[inline(always)]
+fn take_pending_lost() -> u32 {
+    match COUNTERS.get_ptr_mut(counter::LOST_PENDING) {
+        Some(c) => unsafe {
+            let n = *c;
+            *c = 0;
+            n as u32
+        },
+        None => 0,
+    }
+}
+
+/// True when the current task started at or after `start_ns`: it was traced from birth.
+#[inline(always)]
+fn current_task_is_new<C: EbpfContext>(ctx: &C, start_ns: u64) -> bool {
+    let off = OFF_TASK_START_TIME.load();
+    if off == 0 {
+        return false;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    match unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u64) } {
+        Ok(started) => started >= start_ns,
+        Err(e) => {
+            // Off the hot path: only a bad offset or an unmapped task gets here.
+            warn!(ctx, "reading task_struct.start_time failed ({}); event not marked TASK_NEW", e);
+            false
+        }
+    }
+}
+
+/// Sends one event of `kind` about `mm` if the current task passes the filter.
+#[inline(always)]
+pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, mut flags: u16) {
+    let Some(cfg) = CONFIG.get(0) else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if cfg.tgid != TGID_ALL && cfg.tgid != tgid {
+        return;
+    }
+    bump(counter::SEEN_BASE + kind as u32, 1);
+    if cfg.send_mask & kind_bit(kind) == 0 {
+        return;
+    }
+    if current_task_is_new(ctx, cfg.start_ns) {
+        flags |= flag::TASK_NEW;
+    }
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        bump(counter::LOST, 1);
+        bump(counter::LOST_PENDING, 1);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).mm = mm;
+        (*ev).args = [0, 0];
+        (*ev).tid = pid_tgid as u32;
+        (*ev).tgid = tgid;
+        (*ev).cpu = bpf_get_smp_processor_id();
+        (*ev).lost_before = take_pending_lost();
+        (*ev).kind = kind;
+        (*ev).flags = flags;
+        (*ev)._pad = 0;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    entry.submit(0);
+}

@@ -1,0 +1,19 @@
+//! vmalock's eBPF programs. They collect facts at the hook and leave judging to userspace.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod mmap_lock;
+mod probes;
+mod task;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The kernel checks the license string of programs that call GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,86 @@
+//! The three mmap_lock tracepoints (include/trace/events/mmap_lock.h), as tp_btf programs and as
+//! plain-tracepoint fallbacks; userspace attaches whichever family the kernel accepts.
+
+use aya_ebpf::{
+    Global,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tracer_common::{flag, kind, tp_layout};
+
+use crate::emit::emit;
+
+/// Which plain-tracepoint record layout this kernel has (`tp_layout::*`), read by the loader from
+/// the tracepoint's `format` file; 0 when unknown, and then the fallback is not attached.
+#[unsafe(no_mangle)]
+static TP_LAYOUT: Global<u32> = Global::new(0);
+
+#[inline(always)]
+fn flags(write: bool, success: bool) -> u16 {
+    (if write { flag::WRITE } else { 0 }) | (if success { flag::SUCCESS } else { 0 })
+}
+
+// tp_btf: the raw tracepoint arguments, typed by BTF. `bool` arrives as a u64 slot: mask it.
+
+#[btf_tracepoint(function = "mmap_lock_start_locking")]
+pub fn btf_mmap_start(ctx: BtfTracePointContext) -> i32 {
+    let mm: u64 = ctx.arg(0);
+    let write: u64 = ctx.arg(1);
+    emit(&ctx, kind::MMAP_START, mm, flags(write & 0xff != 0, false));
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn btf_mmap_acquired(ctx: BtfTracePointContext) -> i32 {
+    let mm: u64 = ctx.arg(0);
+    let write: u64 = ctx.arg(1);
+    let success: u64 = ctx.arg(2);
+    emit(&ctx, kind::MMAP_ACQUIRED, mm, flags(write & 0xff != 0, success & 0xff != 0));
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_released")]
+pub fn btf_mmap_released(ctx: BtfTracePointContext) -> i32 {
+    let mm: u64 = ctx.arg(0);
+    let write: u64 = ctx.arg(1);
+    emit(&ctx, kind::MMAP_RELEASED, mm, flags(write & 0xff != 0, false));
+    0
+}
+
+// Plain tracepoints: the record must be read at constant offsets, so each known layout is its
+// own branch. Returns (mm, write, success).
+#[inline(always)]
+fn read_record(ctx: &TracePointContext) -> Option<(u64, bool, bool)> {
+    let mm: u64 = unsafe { ctx.read_at(8) }.ok()?;
+    let (write, success): (u8, u8) = match TP_LAYOUT.load() {
+        tp_layout::MEMCG_ID => unsafe { (ctx.read_at(24).ok()?, ctx.read_at(25).ok()?) },
+        tp_layout::MEMCG_PATH => unsafe { (ctx.read_at(20).ok()?, ctx.read_at(21).ok()?) },
+        _ => return None,
+    };
+    Some((mm, write != 0, success != 0))
+}
+
+#[tracepoint(category = "mmap_lock", name = "mmap_lock_start_locking")]
+pub fn tp_mmap_start(ctx: TracePointContext) -> u32 {
+    if let Some((mm, write, _)) = read_record(&ctx) {
+        emit(&ctx, kind::MMAP_START, mm, flags(write, false));
+    }
+    0
+}
+
+#[tracepoint(category = "mmap_lock", name = "mmap_lock_acquire_returned")]
+pub fn tp_mmap_acquired(ctx: TracePointContext) -> u32 {
+    if let Some((mm, write, success)) = read_record(&ctx) {
+        emit(&ctx, kind::MMAP_ACQUIRED, mm, flags(write, success));
+    }
+    0
+}
+
+#[tracepoint(category = "mmap_lock", name = "mmap_lock_released")]
+pub fn tp_mmap_released(ctx: TracePointContext) -> u32 {
+    // `success` is not in this record; reading it would pass the record's end on MEMCG_PATH.
+    if let Some((mm, write, _)) = read_record(&ctx) {
+        emit(&ctx, kind::MMAP_RELEASED, mm, flags(write, false));
+    }
+    0
+}

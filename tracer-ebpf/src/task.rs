@@ -1,0 +1,22 @@
+//! Task exit: a thread that exits holding an mmap_lock has leaked it (kernel/exit.c do_exit()).
+//! sched_process_exit fires once per exiting thread, in that thread's context.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tracer_common::kind;
+
+use crate::emit::emit;
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn btf_task_exit(ctx: BtfTracePointContext) -> i32 {
+    emit(&ctx, kind::TASK_EXIT, 0, 0);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn tp_task_exit(ctx: TracePointContext) -> u32 {
+    emit(&ctx, kind::TASK_EXIT, 0, 0);
+    0
+}

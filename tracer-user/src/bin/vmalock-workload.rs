@@ -1,0 +1,48 @@
+//! A small mm workload for vmalock's tests: threads that map, touch, protect and unmap memory,
+//! so every mmap_lock path (read for faults, write for mmap/mprotect, write→downgrade for munmap)
+//! runs many times. `--sleep-first MS` gives a tracer time to attach by PID.
+//!
+//! usage: vmalock-workload [--threads N] [--iters N] [--sleep-first MS]
+
+use std::{thread, time::Duration};
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number, got {v}")))
+        .unwrap_or(default)
+}
+
+fn churn(iters: u64) {
+    const LEN: usize = 64 << 10;
+    for i in 0..iters {
+        // SAFETY: anonymous private mappings we own for the duration of the loop body.
+        unsafe {
+            let p = libc::mmap(std::ptr::null_mut(), LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            assert_ne!(p, libc::MAP_FAILED, "mmap failed");
+            let bytes = p.cast::<u8>();
+            // Touch a few pages: page faults take the per-VMA lock or mmap_lock for read.
+            for page in 0..4 {
+                bytes.add(page * 4096).write_volatile(i as u8);
+            }
+            assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ), 0, "mprotect failed");
+            libc::madvise(p.cast::<u8>().add(8192).cast(), 8192, libc::MADV_DONTNEED);
+            assert_eq!(libc::munmap(p, LEN), 0, "munmap failed");
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads = arg(&args, "--threads", 4);
+    let iters = arg(&args, "--iters", 200);
+    let sleep_ms = arg(&args, "--sleep-first", 0);
+    if sleep_ms > 0 {
+        thread::sleep(Duration::from_millis(sleep_ms));
+    }
+    let handles: Vec<_> = (0..threads).map(|_| thread::spawn(move || churn(iters))).collect();
+    for h in handles {
+        h.join().expect("worker panicked");
+    }
+}

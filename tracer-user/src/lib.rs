@@ -1,0 +1,15 @@
+//! vmalock: checks the Linux kernel's mm locking rules live with eBPF.
+//!
+//! Data flows one way: probes → ring buffer → [`event`] decode → [`model`] (pure: no aya, no
+//! tokio, no I/O, so live runs and replays judge alike) → sinks ([`trace`] files, reports).
+pub mod event;
+pub mod model;
+pub mod trace;
+pub mod btf;
+pub mod loader;
+pub mod tpformat;
+pub mod capability;
+pub mod child;
+pub mod live;
+pub mod report;
+pub mod replay;

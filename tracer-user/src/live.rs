@@ -1,0 +1,255 @@
+//! A live run: attach, stream events through the model, print verdicts, optionally record, and
+//! detach cleanly on Ctrl-C, SIGTERM, `-d` expiry or the end of the traced process.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}, sync::oneshot};
+use tracer_common::{TGID_ALL, kind, kind_bit};
+
+use crate::{
+    btf::KernelBtf,
+    capability,
+    child::{self, HeldChild},
+    event::{Event, kind_name},
+    loader::{self, Options, Tracer},
+    model::{Model, Verdict},
+    report::Summary,
+    trace::{Filter, Footer, Header, TraceWriter},
+};
+
+pub struct RunOptions {
+    /// `-p PID`: trace this process only, until it exits.
+    pub pid: Option<u32>,
+    /// `-c CMD`: run this command, trace it only, stop when it exits.
+    pub command: Option<Vec<String>>,
+    /// `-d SECS`.
+    pub duration: Option<Duration>,
+    /// `-o FILE`: write a trace file.
+    pub output: Option<PathBuf>,
+    pub ring_bytes: u32,
+    /// Send every event kind, not only what the rules need (`record`).
+    pub all_events: bool,
+    /// The vmalock command line, for the trace header.
+    pub argv: Vec<String>,
+}
+
+/// Kinds the default rules need: mmap-lock-balance judges acquires, releases and exits.
+/// `start_locking` only matters to a full recording (and, later, lock-order wait edges).
+pub fn default_send_mask() -> u32 {
+    kind_bit(kind::MMAP_ACQUIRED) | kind_bit(kind::MMAP_RELEASED) | kind_bit(kind::TASK_EXIT)
+}
+
+pub fn all_send_mask() -> u32 {
+    (1..kind::COUNT as u16).map(kind_bit).fold(0, |a, b| a | b)
+}
+
+/// What ended the run.
+enum Stop {
+    Signal(&'static str),
+    Duration,
+    ChildExited(String),
+    PidExited,
+}
+
+impl Stop {
+    fn describe(&self) -> String {
+        match self {
+            Stop::Signal(s) => format!("{s} received"),
+            Stop::Duration => "duration elapsed".into(),
+            Stop::ChildExited(s) => format!("command {s}"),
+            Stop::PidExited => "traced process exited".into(),
+        }
+    }
+}
+
+/// Polls a map's fd with tokio.
+fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: the fd belongs to `inner`, which the AsyncFd owns, so it stays open (and is not
+    // reused for another file) for as long as it is registered.
+    unsafe { AsyncFd::register(inner) }.map_err(|e| e.into())
+}
+
+/// Opens `-o FILE` before anything is attached: a bad path fails fast, not after a long run.
+/// 0600: a trace names tasks and kernel pointers.
+fn create_output(path: &PathBuf) -> Result<BufWriter<File>> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create trace file {}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 16, f))
+}
+
+pub async fn run(opts: RunOptions) -> Result<Summary> {
+    loader::preflight()?;
+    if let Some(pid) = opts.pid {
+        if !child::process_alive(pid) {
+            anyhow::bail!("-p {pid}: no such process");
+        }
+    }
+    let out = opts.output.as_ref().map(create_output).transpose()?;
+    let kbtf = KernelBtf::open()?;
+    let mut tracer = Tracer::load(&Options { ring_bytes: opts.ring_bytes }, &kbtf)?;
+    let mut ring = register(tracer.take_events()?).context("registering the ring buffer with tokio")?;
+    let mut logger = tracer.take_logger().and_then(|l| register(l).ok());
+
+    let send_mask = if opts.all_events { all_send_mask() } else { default_send_mask() };
+    let (mut held, tgid, start_ns) = match (&opts.command, opts.pid) {
+        (Some(argv), _) => {
+            let born_after = loader::monotonic_ns();
+            let c = child::spawn_held(argv)?;
+            c.wait_blocked()?;
+            let start = tracer.start_child(born_after, c.pid, send_mask)?;
+            let pid = c.pid;
+            (Some(c), pid, start)
+        }
+        (None, Some(p)) => (None, p, tracer.start(p, send_mask)?),
+        (None, None) => (None, TGID_ALL, tracer.start(TGID_ALL, send_mask)?),
+    };
+
+    let header = Header {
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        kernel_release: capability::kernel_release(),
+        monotonic_start_ns: start_ns,
+        unix_start_ns: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+        command: opts.argv.clone(),
+        filter: Filter { tgid: (tgid != TGID_ALL).then_some(tgid) },
+        all_events: opts.all_events,
+        capabilities: serde_json::to_value(&tracer.attached)?,
+        layout: serde_json::json!({ "task_struct.start_time": kbtf.required_offset("task_struct", "start_time")? }),
+        ..Header::default()
+    };
+    let mut writer = out.map(|w| TraceWriter::new(w, &header)).transpose().context("writing the trace header")?;
+
+    // Watchers for the ways a run ends.
+    let (child_tx, mut child_rx) = oneshot::channel::<String>();
+    if let Some(c) = held.as_mut() {
+        c.release()?;
+        let pid = c.pid;
+        std::thread::spawn(move || {
+            let _ = child_tx.send(HeldChild::wait(pid));
+        });
+    } else {
+        drop(child_tx);
+    }
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let sleep = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(sleep);
+    let mut pid_poll = tokio::time::interval(Duration::from_millis(200));
+
+    let mut model = Model::new();
+    let mut sink = Sink { verdicts: Vec::new(), shown: 0, decode_errors: 0, events: 0 };
+    let stop = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut model, &mut sink, writer.as_mut())?;
+                guard.clear_ready();
+            }
+            Some(guard) = async { match logger.as_mut() { Some(l) => l.readable_mut().await.ok(), None => std::future::pending().await } } => {
+                let mut guard = guard;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            _ = &mut sleep => break Stop::Duration,
+            status = &mut child_rx, if held.is_some() => break Stop::ChildExited(status.unwrap_or_else(|_| "ended".into())),
+            _ = pid_poll.tick(), if opts.pid.is_some() && held.is_none() => {
+                if !child::process_alive(opts.pid.unwrap_or(0)) {
+                    break Stop::PidExited;
+                }
+            }
+        }
+    };
+
+    // Stop the flow, then take what is already in the ring: nothing recorded is dropped.
+    tracer.pause()?;
+    drain(ring.get_mut(), &mut model, &mut sink, writer.as_mut())?;
+    if let Some(l) = logger.as_mut() {
+        l.get_mut().flush();
+    }
+    let counters = tracer.counters()?;
+    if let (Some(c), false) = (held.as_ref(), matches!(stop, Stop::ChildExited(_))) {
+        HeldChild::terminate(c.pid);
+    }
+    let duration_ns = loader::monotonic_ns().saturating_sub(start_ns);
+    if let Some(w) = writer.take() {
+        let footer = Footer {
+            events: w.events_written(),
+            lost_events: counters.lost(),
+            lost_per_cpu: counters.lost_per_cpu.clone(),
+            duration_ns,
+            stop_reason: stop.describe(),
+        };
+        let mut inner = w.finish(footer).context("writing the trace footer")?;
+        inner.flush().context("flushing the trace file")?;
+    }
+    // Dropping the tracer detaches every link and unloads every program and map.
+    let attached = tracer.attached.clone();
+    drop(ring);
+    drop(logger);
+    drop(tracer);
+    Ok(Summary {
+        stop_reason: stop.describe(),
+        duration_ns,
+        seen: counters.seen.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (kind_name(k as u16), *n)).collect(),
+        stats: model.stats().clone(),
+        lost_per_cpu: counters.lost_per_cpu,
+        decode_errors: sink.decode_errors,
+        events_received: sink.events,
+        verdicts: sink.verdicts.len(),
+        attached,
+    })
+}
+
+struct Sink {
+    verdicts: Vec<Verdict>,
+    shown: usize,
+    decode_errors: u64,
+    events: u64,
+}
+
+/// Takes everything in the ring buffer now through the model and into the trace file.
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    model: &mut Model,
+    sink: &mut Sink,
+    mut writer: Option<&mut TraceWriter<BufWriter<File>>>,
+) -> Result<()> {
+    while let Some(item) = ring.next() {
+        match Event::decode(&item) {
+            Ok(ev) => {
+                sink.events += 1;
+                model.apply(&ev, &mut sink.verdicts);
+                if let Some(w) = writer.as_deref_mut() {
+                    w.event(&ev).context("writing the trace file")?;
+                }
+            }
+            Err(e) => {
+                sink.decode_errors += 1;
+                log::error!("{e}");
+            }
+        }
+    }
+    // One flush per drain: a SIGKILL loses at most the line being written.
+    if let Some(w) = writer {
+        w.flush().context("flushing the trace file")?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    for v in &sink.verdicts[sink.shown..] {
+        let _ = writeln!(stdout, "{v}");
+    }
+    sink.shown = sink.verdicts.len();
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Loads the eBPF object, attaches the mmap_lock and task-exit probes with the best hook family
+//! the kernel accepts (tp_btf, else plain tracepoints), and owns everything it created: dropping
+//! the [`Tracer`] detaches every link and unloads every program and map.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use serde::Serialize;
+use tracer_common::{Config, TGID_NONE, counter, kind};
+
+use crate::{btf::KernelBtf, tpformat};
+
+/// The eBPF object built by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// What each hook is attached with, for the trace header and the summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Attached {
+    /// hook name → "tp_btf" / "tracepoint".
+    pub hooks: BTreeMap<String, String>,
+    /// Why a preferred family was not used, per hook.
+    pub fallbacks: BTreeMap<String, String>,
+}
+
+pub struct Options {
+    /// Ring-buffer size in bytes (a power-of-two multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub attached: Attached,
+}
+
+/// One sentence saying what is missing when we cannot load BPF programs at all.
+pub fn preflight() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "not running as root: vmalock loads eBPF programs and reads kernel tracepoints \
+             (needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN). Run it with sudo."
+        );
+    }
+    Ok(())
+}
+
+/// A program's name in the object and the tracepoint it serves.
+struct Hook {
+    btf_prog: &'static str,
+    tp_prog: &'static str,
+    category: &'static str,
+    name: &'static str,
+}
+
+const HOOKS: &[Hook] = &[
+    Hook { btf_prog: "btf_mmap_start", tp_prog: "tp_mmap_start", category: "mmap_lock", name: "mmap_lock_start_locking" },
+    Hook { btf_prog: "btf_mmap_acquired", tp_prog: "tp_mmap_acquired", category: "mmap_lock", name: "mmap_lock_acquire_returned" },
+    Hook { btf_prog: "btf_mmap_released", tp_prog: "tp_mmap_released", category: "mmap_lock", name: "mmap_lock_released" },
+    Hook { btf_prog: "btf_task_exit", tp_prog: "tp_task_exit", category: "sched", name: "sched_process_exit" },
+];
+
+impl Tracer {
+    /// Loads the object with this kernel's offsets and attaches every hook. Events flow only once
+    /// [`start`](Self::start) sets the target.
+    pub fn load(opts: &Options, kbtf: &KernelBtf) -> Result<Tracer> {
+        preflight()?;
+        let start_time = kbtf.required_offset("task_struct", "start_time")? as u64;
+        let tp_layout = tpformat::tracefs()
+            .and_then(|t| tpformat::mmap_lock_layout(&t))
+            .unwrap_or_else(|e| {
+                log::warn!("plain-tracepoint fallback unavailable: {e:#}");
+                0
+            });
+        let ebpf = EbpfLoader::new()
+            .override_global("OFF_TASK_START_TIME", &start_time, true)
+            .override_global("TP_LAYOUT", &tp_layout, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+        let mut tracer = Tracer { ebpf, attached: Attached::default() };
+        tracer.configure(Config { start_ns: u64::MAX, tgid: TGID_NONE, send_mask: 0 })?;
+        let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        for hook in HOOKS {
+            tracer.attach(hook, &btf, tp_layout)?;
+        }
+        Ok(tracer)
+    }
+
+    fn attach(&mut self, hook: &Hook, btf: &Btf, tp_layout: u32) -> Result<()> {
+        let btf_err = match self.attach_btf(hook, btf) {
+            Ok(()) => {
+                self.attached.hooks.insert(hook.name.into(), "tp_btf".into());
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if hook.category == "mmap_lock" && tp_layout == 0 {
+            bail!(
+                "cannot attach {}: tp_btf failed ({btf_err:#}) and the plain tracepoint's record \
+                 layout is unknown on this kernel",
+                hook.name
+            );
+        }
+        let prog: &mut TracePoint = self.program(hook.tp_prog)?;
+        prog.load().with_context(|| format!("loading tracepoint program for {}", hook.name))?;
+        prog.attach(hook.category, hook.name).map_err(|tp_err| {
+            anyhow!(
+                "cannot attach {}:{}: tp_btf failed ({btf_err:#}), tracepoint failed ({tp_err}). \
+                 Is CONFIG_MMAP_LOCK_STATS/tracepoints enabled? `vmalock probe` shows what this kernel allows.",
+                hook.category,
+                hook.name
+            )
+        })?;
+        self.attached.hooks.insert(hook.name.into(), "tracepoint".into());
+        self.attached.fallbacks.insert(hook.name.into(), format!("tp_btf refused: {btf_err:#}"));
+        Ok(())
+    }
+
+    fn attach_btf(&mut self, hook: &Hook, btf: &Btf) -> Result<()> {
+        let prog: &mut BtfTracePoint = self.program(hook.btf_prog)?;
+        prog.load(hook.name, btf)?;
+        prog.attach()?;
+        Ok(())
+    }
+
+    fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object (stale build?)"))?;
+        Ok(p.try_into()?)
+    }
+
+    fn configure(&mut self, cfg: Config) -> Result<()> {
+        let mut map: Array<&mut MapData, Config> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?)?;
+        map.set(0, cfg, 0).context("writing the CONFIG map")?;
+        Ok(())
+    }
+
+    /// Starts the flow of events for `tgid` (a process, or [`tracer_common::TGID_ALL`]) and
+    /// returns the moment tracing began: a task started later is seen from birth (TASK_NEW).
+    ///
+    /// Events flow *before* that moment is taken, so no task born after it can have taken a
+    /// lock unseen; a task born just before is simply not marked new.
+    pub fn start(&mut self, tgid: u32, send_mask: u32) -> Result<u64> {
+        self.configure(Config { start_ns: u64::MAX, tgid, send_mask })?;
+        let now = monotonic_ns();
+        self.configure(Config { start_ns: now, tgid, send_mask })?;
+        Ok(now)
+    }
+
+    /// Starts the flow for a `-c` child forked at `born_after` (taken before the fork, with the
+    /// probes already attached). Call it only while the child is blocked before exec, holding no
+    /// lock, so what it did before the filter named it was only whole, balanced lock pairs.
+    pub fn start_child(&mut self, born_after: u64, pid: u32, send_mask: u32) -> Result<u64> {
+        self.configure(Config { start_ns: born_after, tgid: pid, send_mask })?;
+        Ok(born_after)
+    }
+
+    /// Stops the flow of events (the programs stay attached until the Tracer is dropped).
+    pub fn pause(&mut self) -> Result<()> {
+        self.configure(Config { start_ns: u64::MAX, tgid: TGID_NONE, send_mask: 0 })
+    }
+
+    /// The event ring buffer; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS map already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The aya-log channel for the eBPF side's own diagnostics.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| log::warn!("eBPF logs unavailable: {e}")).ok()
+    }
+
+    /// Per-CPU counters, summed per kind, plus lost events per CPU.
+    pub fn counters(&self) -> Result<Counters> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").ok_or_else(|| anyhow!("COUNTERS map missing"))?)?;
+        let lost_per_cpu: Vec<u64> = map.get(&counter::LOST, 0)?.iter().copied().collect();
+        let mut seen = [0u64; kind::COUNT];
+        for (k, slot) in seen.iter_mut().enumerate() {
+            *slot = map.get(&(counter::SEEN_BASE + k as u32), 0)?.iter().sum();
+        }
+        Ok(Counters { lost_per_cpu, seen })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub lost_per_cpu: Vec<u64>,
+    /// Hook hits that passed the TGID filter, by kind (sent or not).
+    pub seen: [u64; kind::COUNT],
+}
+
+impl Counters {
+    pub fn lost(&self) -> u64 {
+        self.lost_per_cpu.iter().sum()
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and `task_struct.start_time`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

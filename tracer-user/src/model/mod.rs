@@ -1,0 +1,85 @@
+//! The model: judges a stream of [`Event`]s against the mm locking rules.
+//!
+//! Pure on purpose — no aya, no async, no I/O — so a live run and `vmalock check` of its
+//! recording feed the same events through the same code and reach the same verdicts.
+
+mod mmap_lock;
+mod rules;
+mod verdict;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::event::{Event, kind_name};
+pub use mmap_lock::Mode;
+pub use rules::{RULES, Rule, rule};
+pub use verdict::{TaskRef, Verdict};
+
+/// Counters for summaries and for judging how much the verdicts can be trusted.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    /// Events seen, by kind name (`crate::event::kind_name`).
+    pub events: BTreeMap<&'static str, u64>,
+    /// Events the kernel dropped (ring buffer full), as reported by later events.
+    pub lost_events: u64,
+    /// Times all per-task state was forgotten because of lost events.
+    pub resyncs: u64,
+    /// Read releases credited to another task's hold (mmap_read_unlock_non_owner).
+    pub non_owner_releases: u64,
+    /// Releases of locks presumably taken before tracing started: not judged.
+    pub pre_existing_releases: u64,
+    /// Tasks forgotten to stay under the tracked-task cap (their exits were probably missed).
+    pub evicted_tasks: u64,
+    /// Verdicts, by rule id.
+    pub verdicts: BTreeMap<&'static str, u64>,
+    /// Tasks whose state is kept now.
+    pub tasks_tracked: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Model {
+    mmap_locks: mmap_lock::MmapLocks,
+    stats: Stats,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Judges one event, appending any verdicts it proves to `out`.
+    pub fn apply(&mut self, ev: &Event, out: &mut Vec<Verdict>) {
+        *self.stats.events.entry(kind_name(ev.kind())).or_default() += 1;
+        let first_new = out.len();
+        self.mmap_locks.apply(ev, &mut self.stats, out);
+        for v in &out[first_new..] {
+            *self.stats.verdicts.entry(v.rule).or_default() += 1;
+        }
+        self.stats.tasks_tracked = self.mmap_locks.tasks_tracked();
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The mmap_locks each task holds now: (mm, mode, nesting count), in no particular order.
+    pub fn held(&self) -> impl Iterator<Item = (TaskRef, Vec<(u64, Mode, u32)>)> + '_ {
+        self.mmap_locks.held()
+    }
+
+    /// Tasks waiting for an mmap_lock now: (task, mm, mode, waiting since ts_ns).
+    pub fn waiting(&self) -> impl Iterator<Item = (TaskRef, u64, Mode, u64)> + '_ {
+        self.mmap_locks.waiting()
+    }
+}
+
+#[cfg(test)]
+impl Model {
+    fn with_max_tasks(max_tasks: usize) -> Self {
+        Model {
+            mmap_locks: mmap_lock::MmapLocks::with_max_tasks(max_tasks),
+            stats: Stats::default(),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Verdicts: what the model reports when a rule is broken.
+//!
+//! The `Display` line is the single format shared by live runs and `vmalock check`, so the two
+//! can be compared byte for byte; keep it stable.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::rules;
+use crate::event::{Event, What, kind_name};
+
+/// The task a verdict is about, as the offending event named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TaskRef {
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: String,
+}
+
+impl From<&Event> for TaskRef {
+    fn from(ev: &Event) -> Self {
+        TaskRef {
+            tid: ev.tid,
+            tgid: ev.tgid,
+            comm: ev.comm.clone(),
+        }
+    }
+}
+
+impl fmt::Display for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} ({})", self.tid, self.tgid, self.comm)
+    }
+}
+
+/// One broken rule, with the events that prove it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub rule: &'static str,
+    /// One line: what happened.
+    pub what: String,
+    /// Kernel source citation, from the rule.
+    pub source: &'static str,
+    pub task: TaskRef,
+    #[serde(with = "crate::event::hex")]
+    pub mm: u64,
+    /// CLOCK_MONOTONIC ns of the offending event.
+    pub ts_ns: u64,
+    /// The proving events, oldest first.
+    pub events: Vec<Event>,
+}
+
+impl Verdict {
+    /// A verdict for `rule` about the offending event `ev`; `source` comes from the catalogue
+    /// so every report cites the same place.
+    pub(crate) fn new(
+        rule: &'static str,
+        what: String,
+        ev: &Event,
+        mm: u64,
+        events: Vec<Event>,
+    ) -> Self {
+        Verdict {
+            rule,
+            what,
+            source: rules::rule(rule).map_or("", |r| r.source),
+            task: TaskRef::from(ev),
+            mm,
+            ts_ns: ev.ts_ns,
+            events,
+        }
+    }
+
+    /// A multi-line explanation for humans: the verdict line, the rule, and the proof.
+    pub fn explain(&self) -> String {
+        let mut s = format!("{self}\n");
+        if let Some(r) = rules::rule(self.rule) {
+            s += &format!("  rule:   {} — {}\n", r.id, r.title);
+            s += &format!("  why:    {}\n", r.explanation);
+            s += &format!("  source: {}\n", r.source);
+            s += &format!("  fix:    {}\n", r.fix);
+        }
+        s += "  events:\n";
+        for ev in &self.events {
+            s += &format!("    {}\n", EventLine(ev));
+        }
+        s
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "VIOLATION {}: {} — task {} mm {:#x} at {} [{}]",
+            self.rule,
+            self.what,
+            self.task,
+            self.mm,
+            Secs(self.ts_ns),
+            self.source
+        )
+    }
+}
+
+/// Nanoseconds as `S.NNNNNNNNNs`: exact, unlike going through f64.
+struct Secs(u64);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{:09}s",
+            self.0 / 1_000_000_000,
+            self.0 % 1_000_000_000
+        )
+    }
+}
+
+/// One proving event on one line.
+struct EventLine<'a>(&'a Event);
+
+impl fmt::Display for EventLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ev = self.0;
+        let mode = |write: bool| if write { "write" } else { "read" };
+        write!(
+            f,
+            "{} cpu {} task {} {}",
+            Secs(ev.ts_ns),
+            ev.cpu,
+            TaskRef::from(ev),
+            kind_name(ev.kind())
+        )?;
+        match ev.what {
+            What::MmapLockStart { mm, write } | What::MmapLockReleased { mm, write } => {
+                write!(f, " mm {mm:#x} {}", mode(write))
+            }
+            What::MmapLockAcquired { mm, write, success } => {
+                write!(
+                    f,
+                    " mm {mm:#x} {}{}",
+                    mode(write),
+                    if success { "" } else { " failed" }
+                )
+            }
+            What::TaskExit => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ts_ns: u64, what: What) -> Event {
+        Event {
+            ts_ns,
+            cpu: 2,
+            tid: 1234,
+            tgid: 1230,
+            comm: "worker".into(),
+            task_new: false,
+            lost_before: 0,
+            what,
+        }
+    }
+
+    fn sample() -> Verdict {
+        let acq = ev(
+            5,
+            What::MmapLockAcquired {
+                mm: 0xffff_8880_0000_1000,
+                write: true,
+                success: true,
+            },
+        );
+        let rel = ev(
+            12_345_678_901,
+            What::MmapLockReleased {
+                mm: 0xffff_8880_0000_1000,
+                write: false,
+            },
+        );
+        Verdict::new(
+            rules::MMAP_LOCK_BALANCE,
+            "mmap_lock released for read while held for write".into(),
+            &rel,
+            0xffff_8880_0000_1000,
+            vec![acq, rel.clone()],
+        )
+    }
+
+    #[test]
+    fn display_is_one_stable_line() {
+        let source = rules::rule(rules::MMAP_LOCK_BALANCE).unwrap().source;
+        assert_eq!(
+            sample().to_string(),
+            format!(
+                "VIOLATION mmap-lock-balance: mmap_lock released for read while held for write — \
+                 task 1234/1230 (worker) mm 0xffff888000001000 at 12.345678901s [{source}]"
+            )
+        );
+    }
+
+    #[test]
+    fn explain_names_rule_fix_and_each_event() {
+        let text = sample().explain();
+        let rule = rules::rule(rules::MMAP_LOCK_BALANCE).unwrap();
+        assert!(text.starts_with(&sample().to_string()));
+        assert!(
+            text.contains(rule.title) && text.contains(rule.fix) && text.contains(rule.explanation)
+        );
+        assert!(text.contains(
+            "0.000000005s cpu 2 task 1234/1230 (worker) mmap_lock_acquire_returned mm 0xffff888000001000 write\n"
+        ));
+        assert!(text.contains("12.345678901s cpu 2 task 1234/1230 (worker) mmap_lock_released mm 0xffff888000001000 read\n"));
+    }
+
+    #[test]
+    fn json_has_hex_mm_and_events() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["mm"], "0xffff888000001000");
+        assert_eq!(json["rule"], "mmap-lock-balance");
+        assert_eq!(json["task"]["tid"], 1234);
+        assert_eq!(json["events"].as_array().unwrap().len(), 2);
+    }
+}

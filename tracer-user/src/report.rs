@@ -1,0 +1,54 @@
+//! The end-of-run summary printed to stderr (bpftrace-style: what was seen, what was lost).
+
+use std::fmt;
+
+use crate::{loader::Attached, model::Stats};
+
+pub struct Summary {
+    pub stop_reason: String,
+    pub duration_ns: u64,
+    /// Hook hits that passed the filter, by kind (counted in the kernel, sent or not).
+    pub seen: Vec<(&'static str, u64)>,
+    pub stats: Stats,
+    pub lost_per_cpu: Vec<u64>,
+    pub decode_errors: u64,
+    pub events_received: u64,
+    pub verdicts: usize,
+    pub attached: Attached,
+}
+
+impl Summary {
+    pub fn lost(&self) -> u64 {
+        self.lost_per_cpu.iter().sum()
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "vmalock: stopped: {} after {:.3} s", self.stop_reason, self.duration_ns as f64 / 1e9)?;
+        let hooks: Vec<String> = self.attached.hooks.iter().map(|(h, fam)| format!("{h} ({fam})")).collect();
+        writeln!(f, "  hooks: {}", hooks.join(", "))?;
+        for (hook, why) in &self.attached.fallbacks {
+            writeln!(f, "  fallback for {hook}: {why}")?;
+        }
+        let seen: Vec<String> = self.seen.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(f, "  hook hits: {}", if seen.is_empty() { "none".into() } else { seen.join(", ") })?;
+        let recv: Vec<String> = self.stats.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(f, "  events received: {} ({})", self.events_received, recv.join(", "))?;
+        writeln!(f, "  lost events: {} (per CPU: {:?})", self.lost(), self.lost_per_cpu)?;
+        if self.decode_errors > 0 {
+            writeln!(f, "  undecodable records: {}", self.decode_errors)?;
+        }
+        if self.stats.pre_existing_releases > 0 {
+            writeln!(f, "  releases of locks taken before tracing began (not judged): {}", self.stats.pre_existing_releases)?;
+        }
+        if self.stats.non_owner_releases > 0 {
+            writeln!(f, "  non-owner read releases: {}", self.stats.non_owner_releases)?;
+        }
+        write!(f, "  violations: {}", self.verdicts)?;
+        for (rule, n) in &self.stats.verdicts {
+            write!(f, "\n    {rule}: {n}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+//! Helpers for tests that run the real `vmalock` binary against this machine's kernel.
+#![allow(dead_code)]
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+pub fn vmalock() -> &'static str {
+    env!("CARGO_BIN_EXE_vmalock")
+}
+
+pub fn workload() -> &'static str {
+    env!("CARGO_BIN_EXE_vmalock-workload")
+}
+
+/// Records a skip: printed loudly, and appended to `$VMALOCK_SKIP_LOG` so `cargo xtask test`
+/// counts it as skipped rather than passed.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Ok(path) = std::env::var("VMALOCK_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
+/// True when this test can load eBPF programs; otherwise records a skip saying why.
+pub fn can_trace(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(test, "needs root to load eBPF programs (run `cargo xtask test` as root)");
+        return false;
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        skip(test, "the running kernel has no BTF (/sys/kernel/btf/vmlinux)");
+        return false;
+    }
+    true
+}
+
+pub fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(name);
+    (dir, p)
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let out = Command::new(vmalock()).args(args).output().expect("running vmalock");
+    eprintln!(
+        "$ vmalock {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// All lines of a trace file as JSON values.
+pub fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("reading trace")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("trace line is JSON"))
+        .collect()
+}
+
+pub fn events(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|l| l["type"] == "event").collect()
+}
+
+/// Names of the BPF programs loaded in the kernel right now.
+pub fn loaded_program_names() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .collect()
+}
+
+/// Our programs' names as the kernel shows them (truncated to 15 bytes).
+pub const OUR_PROGRAMS: &[&str] = &[
+    "btf_mmap_start", "btf_mmap_acquir", "btf_mmap_releas", "btf_task_exit",
+    "tp_mmap_start", "tp_mmap_acquire", "tp_mmap_release", "tp_task_exit",
+    "cap_raw_tp", "cap_fentry", "cap_kprobe", "cap_iter_task_v",
+];
+
+pub fn assert_none_of_ours_loaded() {
+    let names = loaded_program_names();
+    let ours: Vec<_> = names.iter().filter(|n| OUR_PROGRAMS.contains(&n.as_str())).collect();
+    assert!(ours.is_empty(), "vmalock programs still loaded after it exited: {ours:?}");
+}

@@ -1,0 +1,297 @@
+//! End-to-end tests of live tracing on the machine's own kernel (mmap_lock tracepoints), as root.
+//! Each skips loudly, and is counted as skipped by `cargo xtask test`, where it cannot run.
+//!
+//! They run one at a time (see the mutex): each attaches system-wide hooks, and a concurrent run
+//! would make "no program of ours is left loaded" meaningless.
+
+mod common;
+
+use std::{collections::HashMap, sync::Mutex};
+
+use common::*;
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Independent of the model: replays one task's events with a plain stack per mm and returns
+/// the first imbalance, so a bug in the model cannot hide one here.
+fn imbalance(events: &[&Value]) -> Option<String> {
+    let mut held: HashMap<(u64, String), Vec<bool>> = HashMap::new();
+    for e in events {
+        let tid = e["tid"].as_u64().unwrap();
+        let mm = e["mm"].as_str().unwrap_or("").to_string();
+        let stack = held.entry((tid, mm.clone())).or_default();
+        match e["kind"].as_str().unwrap() {
+            "mmap_lock_acquired" if e["success"] == true => {
+                let write = e["write"] == true;
+                if !write && stack.last() == Some(&true) {
+                    *stack.last_mut().unwrap() = false; // mmap_write_downgrade
+                } else {
+                    stack.push(write);
+                }
+            }
+            "mmap_lock_released" => {
+                if stack.pop() != Some(e["write"] == true) {
+                    return Some(format!("unmatched release {e}"));
+                }
+            }
+            "task_exit" => {
+                if held.iter().any(|((t, _), s)| *t == tid && !s.is_empty()) {
+                    return Some(format!("task {tid} exited holding"));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[test]
+fn record_of_a_multithreaded_child_is_complete_and_balanced() {
+    if !can_trace("record_of_a_multithreaded_child_is_complete_and_balanced") {
+        return;
+    }
+    let _g = serial();
+    let (_d, trace) = tmp("child.jsonl");
+    let cmd = format!("{} --threads 4 --iters 150", workload());
+    let out = run(&["record", "-c", &cmd, "-o", trace.to_str().unwrap()]);
+    assert!(out.status.success(), "record failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("command exited with status 0"), "{stderr}");
+    assert!(stderr.contains("lost events: 0"), "{stderr}");
+
+    let lines = lines(&trace);
+    let header = &lines[0];
+    assert_eq!(header["type"], "header");
+    let child = header["filter"]["tgid"].as_u64().expect("header names the child tgid");
+    let footer = lines.last().unwrap();
+    assert_eq!(footer["type"], "footer");
+    assert_eq!(footer["lost_events"], 0);
+    let evs = events(&lines);
+    assert_eq!(footer["events"].as_u64().unwrap() as usize, evs.len());
+    assert!(evs.iter().all(|e| e["tgid"].as_u64() == Some(child)), "an event from another process");
+    assert!(evs.iter().all(|e| e["task_new"] == true), "the -c child started after attach: every task is new");
+
+    let count = |kind: &str, write: bool| evs.iter().filter(|e| e["kind"] == kind && e["write"] == write).count();
+    // 4 threads × 150 iterations each mmap (write), mprotect (write) and munmap (write).
+    assert!(count("mmap_lock_acquired", true) >= 3 * 4 * 150, "too few write acquisitions");
+    assert!(count("mmap_lock_start", true) >= 3 * 4 * 150, "record sends start_locking too");
+    assert!(count("mmap_lock_released", false) > 0);
+    let threads: std::collections::HashSet<_> = evs.iter().map(|e| e["tid"].as_u64().unwrap()).collect();
+    assert!(threads.len() >= 5, "main thread and 4 workers, got {threads:?}");
+    let exits = evs.iter().filter(|e| e["kind"] == "task_exit").count();
+    assert_eq!(exits, threads.len(), "one sched_process_exit per thread");
+    assert_eq!(imbalance(&evs), None);
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "no violations on a clean kernel");
+
+    // `check` replays it to the same verdicts (none), exit 0.
+    let c = run(&["check", trace.to_str().unwrap()]);
+    assert_eq!(c.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&c.stderr).contains(&format!("checked {} events", evs.len())));
+    assert_none_of_ours_loaded();
+}
+
+#[test]
+fn check_reproduces_live_verdicts_and_catches_a_removed_release() {
+    if !can_trace("check_reproduces_live_verdicts_and_catches_a_removed_release") {
+        return;
+    }
+    let _g = serial();
+    let (dir, trace) = tmp("live.jsonl");
+    let cmd = format!("{} --threads 2 --iters 100", workload());
+    let live = run(&["run", "-c", &cmd, "-o", trace.to_str().unwrap()]);
+    assert!(live.status.success());
+    let replay = run(&["check", trace.to_str().unwrap()]);
+    assert_eq!(live.stdout, replay.stdout, "check must print exactly the live verdicts");
+
+    // Doctor a copy: drop one worker's write release. The model must then see that worker take
+    // the lock for write again (or exit) while still holding it.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Value = serde_json::from_str(lines[0]).unwrap();
+    let tgid = header["filter"]["tgid"].as_u64().unwrap();
+    let (victim, tid) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["kind"] == "mmap_lock_released" && v["write"] == true && v["tid"].as_u64() != Some(tgid))
+                .then(|| (i, v["tid"].as_u64().unwrap()))
+        })
+        .expect("a worker's write release");
+    let doctored: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, l)| *l).collect();
+    let bad = dir.path().join("doctored.jsonl");
+    std::fs::write(&bad, doctored.join("\n") + "\n").unwrap();
+    let c = run(&["check", bad.to_str().unwrap()]);
+    assert_eq!(c.status.code(), Some(1), "violations make check exit 1");
+    let stdout = String::from_utf8_lossy(&c.stdout);
+    let first = stdout.lines().next().expect("a verdict");
+    assert!(first.contains("mmap-lock-balance"), "{first}");
+    assert!(first.contains(&format!("task {tid}/{tgid} ")), "verdict names the doctored task: {first}");
+}
+
+#[test]
+fn default_run_sends_only_what_the_rules_need() {
+    if !can_trace("default_run_sends_only_what_the_rules_need") {
+        return;
+    }
+    let _g = serial();
+    let (_d, trace) = tmp("default.jsonl");
+    let cmd = format!("{} --threads 1 --iters 50", workload());
+    let out = run(&["-c", &cmd, "-o", trace.to_str().unwrap()]);
+    assert!(out.status.success());
+    let lines = lines(&trace);
+    assert_eq!(lines[0]["all_events"], false);
+    let evs = events(&lines);
+    assert!(!evs.is_empty());
+    assert!(evs.iter().all(|e| e["kind"] != "mmap_lock_start"), "start_locking is filtered in the kernel by default");
+    // ...but it was still counted at the hook.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hits = stderr.lines().find(|l| l.contains("hook hits:")).unwrap();
+    assert!(hits.contains("mmap_lock_start_locking"), "{hits}");
+}
+
+#[test]
+fn pid_filter_traces_only_that_process_and_stops_when_it_exits() {
+    if !can_trace("pid_filter_traces_only_that_process_and_stops_when_it_exits") {
+        return;
+    }
+    let _g = serial();
+    let mut target = std::process::Command::new(workload())
+        .args(["--threads", "2", "--iters", "100", "--sleep-first", "1500"])
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    let (_d, trace) = tmp("pid.jsonl");
+    let out = run(&["record", "-p", &pid.to_string(), "-d", "30", "-o", trace.to_str().unwrap()]);
+    let _ = target.wait();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("traced process exited"));
+    let lines = lines(&trace);
+    let evs = events(&lines);
+    assert!(evs.len() > 100, "the workload ran after attach");
+    assert!(evs.iter().all(|e| e["tgid"].as_u64() == Some(pid as u64)));
+    // The process predates the trace; its worker threads were born after attach.
+    assert!(evs.iter().any(|e| e["tid"].as_u64() == Some(pid as u64) && e["task_new"] != true));
+    assert!(evs.iter().any(|e| e["tid"].as_u64() != Some(pid as u64) && e["task_new"] == true));
+}
+
+#[test]
+fn sigterm_and_sigint_detach_cleanly_with_exit_0() {
+    if !can_trace("sigterm_and_sigint_detach_cleanly_with_exit_0") {
+        return;
+    }
+    let _g = serial();
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let child = std::process::Command::new(vmalock())
+            .args(["run", "-d", "60"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until it is attached: our programs show up in the kernel.
+        let t0 = std::time::Instant::now();
+        while !loaded_program_names().iter().any(|n| n == "btf_mmap_acquir" || n == "tp_mmap_acquire") {
+            assert!(t0.elapsed().as_secs() < 30, "vmalock never attached");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("{name} received")), "{stderr}");
+        assert!(stderr.contains("lost events:"), "summary printed: {stderr}");
+        assert_none_of_ours_loaded();
+    }
+}
+
+#[test]
+fn duration_stops_the_run_and_a_tiny_ring_reports_lost_events() {
+    if !can_trace("duration_stops_the_run_and_a_tiny_ring_reports_lost_events") {
+        return;
+    }
+    let _g = serial();
+    // Four threads against a 4 KiB ring (56 records): the reader cannot keep up, and every
+    // failed reserve must show up: in the summary, the footer, and in-band as lost_before.
+    let (_d, trace) = tmp("lossy.jsonl");
+    let cmd = format!("{} --threads 4 --iters 400", workload());
+    let out = run(&["record", "--ring-kib", "4", "-c", &cmd, "-o", trace.to_str().unwrap()]);
+    assert!(out.status.success());
+    let lines = lines(&trace);
+    let footer = lines.last().unwrap();
+    let lost = footer["lost_events"].as_u64().unwrap();
+    assert!(lost > 0, "a 4 KiB ring under 4 threads must overflow");
+    let in_band: u64 = events(&lines).iter().map(|e| e["lost_before"].as_u64().unwrap_or(0)).sum();
+    assert!(in_band > 0 && in_band <= lost, "in-band loss {in_band} vs footer {lost}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("lost events: {lost}")));
+    // Losses reset the model's state instead of inventing violations.
+    let c = run(&["check", trace.to_str().unwrap()]);
+    assert_eq!(c.status.code(), Some(0), "lost events must not produce false verdicts");
+
+    let d = run(&["run", "-d", "0.5"]);
+    assert!(d.status.success());
+    assert!(String::from_utf8_lossy(&d.stderr).contains("duration elapsed"));
+}
+
+#[test]
+fn probe_reports_this_kernels_hook_families() {
+    if !can_trace("probe_reports_this_kernels_hook_families") {
+        return;
+    }
+    let _g = serial();
+    let out = run(&["probe", "--json"]);
+    assert!(out.status.success());
+    let caps: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fam = |n: &str| caps["families"].as_array().unwrap().iter().find(|f| f["name"] == n).cloned().unwrap();
+    // Whatever the kernel, the mmap_lock family must work for vmalock to be useful at all.
+    assert_eq!(fam("tp_btf")["works"], true, "{caps}");
+    assert_eq!(caps["rules"]["mmap-lock-balance"], "checked live");
+    assert!(caps["layout"]["task_struct.start_time"].as_u64().is_some());
+    // Refusals carry their errno. On this project's host kernel (no trampolines, no kprobes)
+    // that is EPERM and the missing kprobe PMU; elsewhere fentry simply works.
+    for f in ["fentry", "kprobe"] {
+        let f = fam(f);
+        if f["works"] == false {
+            let d = f["detail"].as_str().unwrap();
+            assert!(d.contains("refused: E"), "refusal without errno: {d}");
+        }
+    }
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        assert_eq!(fam("kprobe")["works"], false);
+        assert!(fam("kprobe")["detail"].as_str().unwrap().contains("CONFIG_KPROBES"));
+    }
+    assert_none_of_ours_loaded();
+}
+
+#[test]
+fn errors_name_the_cause_and_the_fix() {
+    // Not root: one sentence. Runs only where we can drop privileges (as root).
+    if unsafe { libc::geteuid() } == 0 && std::path::Path::new("/usr/bin/setpriv").exists() {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", vmalock(), "run", "-d", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("not running as root") && e.contains("sudo"), "{e}");
+    } else {
+        skip("errors_name_the_cause_and_the_fix(non-root)", "needs root and setpriv to test the non-root message");
+    }
+    let out = run(&["-c", "true", "-p", "1"]);
+    assert_eq!(out.status.code(), Some(2), "-c and -p conflict");
+    let out = run(&["run", "--ring-kib", "3", "-d", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+    let out = run(&["check", "/nonexistent/trace.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/trace.jsonl"));
+    let (_d, bad) = tmp("bad.jsonl");
+    std::fs::write(&bad, "{\"type\":\"header\",\"format\":\"vmalock-trace\"}\n").unwrap();
+    let out = run(&["check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"), "the error names the line");
+}
