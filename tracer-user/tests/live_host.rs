@@ -269,19 +269,27 @@ fn probe_reports_this_kernels_hook_families() {
 }
 
 #[test]
-fn errors_name_the_cause_and_the_fix() {
-    // Not root: one sentence. Runs only where we can drop privileges (as root).
-    if unsafe { libc::geteuid() } == 0 && std::path::Path::new("/usr/bin/setpriv").exists() {
+fn not_root_gets_one_sentence_naming_the_fix() {
+    // Needs root to drop privileges with setpriv; the vmalock binary must be reachable by nobody.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        skip("not_root_gets_one_sentence_naming_the_fix", "needs root and setpriv to run vmalock as nobody");
+        return;
+    }
+    for args in [&["run", "-d", "1"][..], &["probe"][..]] {
         let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", vmalock(), "run", "-d", "1"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", vmalock()])
+            .args(args)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2));
         let e = String::from_utf8_lossy(&out.stderr);
         assert!(e.contains("not running as root") && e.contains("sudo"), "{e}");
-    } else {
-        skip("errors_name_the_cause_and_the_fix(non-root)", "needs root and setpriv to test the non-root message");
+        assert_eq!(e.lines().count(), 1, "one sentence: {e}");
     }
+}
+
+#[test]
+fn bad_arguments_and_files_get_clear_errors() {
     let out = run(&["-c", "true", "-p", "1"]);
     assert_eq!(out.status.code(), Some(2), "-c and -p conflict");
     let out = run(&["run", "--ring-kib", "3", "-d", "1"]);

@@ -153,6 +153,10 @@ pub(crate) struct MmapLocks {
     tick: u64,
     /// Tasks evicted while holding a lock: their releases may be unmatched through our fault.
     evicted: Recent<u32>,
+    /// Tasks whose sched_process_exit was seen. Since 6.15 it fires before exit_mm(), so the
+    /// last thread's exit_mmap() lock pair comes after it; such a task is forgotten again as
+    /// soon as it holds nothing, instead of lingering until the task cap evicts it.
+    exited: Recent<u32>,
     /// Whether `Event::task_new` still proves "no hidden holds". Cleared by the first lost
     /// event: the flag says the task started after tracing began, not after the loss, so the
     /// task's lost acquires would make its releases look unmatched. Without each task's start
@@ -168,6 +172,7 @@ impl Default for MmapLocks {
             lru: BTreeMap::new(),
             tick: 0,
             evicted: Recent::new(EVICTED_TIDS),
+            exited: Recent::new(EVICTED_TIDS),
             task_new_trusted: true,
             max_tasks: MAX_TASKS,
         }
@@ -234,6 +239,7 @@ impl MmapLocks {
         self.tasks.clear();
         self.lru.clear();
         self.evicted.clear();
+        self.exited.clear();
         self.task_new_trusted = false;
         stats.lost_events += u64::from(lost);
         stats.resyncs += 1;
@@ -299,6 +305,9 @@ impl MmapLocks {
             }
             // Mismatched or not, this release undoes one acquire; keep going from there.
             t.release_one(i);
+            if t.holds.is_empty() && self.exited.contains(&tid) {
+                self.forget(tid);
+            }
             return;
         }
         let known = t.known.contains(&mm);
@@ -349,12 +358,18 @@ impl MmapLocks {
         true
     }
 
+    fn forget(&mut self, tid: u32) -> Option<TaskState> {
+        let t = self.tasks.remove(&tid)?;
+        self.lru.remove(&t.last_active);
+        Some(t)
+    }
+
     fn exit(&mut self, ev: &Event, out: &mut Vec<Verdict>) {
         self.evicted.forget(&ev.tid);
-        let Some(t) = self.tasks.remove(&ev.tid) else {
+        self.exited.note(ev.tid);
+        let Some(t) = self.forget(ev.tid) else {
             return;
         };
-        self.lru.remove(&t.last_active);
         for hold in &t.holds {
             let what = format!("task exited holding mmap_lock for {}", hold.mode.name());
             let events = hold.proof().chain([ev.clone()]).collect();
@@ -817,5 +832,17 @@ mod tests {
         assert_eq!(r.held(NEW + 2), [(A, Mode::Read, 1)]);
         // NEW was kept: its known mm still judges a double release.
         assert_eq!(r.feed(NEW, rel(A, true)).len(), 1);
+    }
+
+    #[test]
+    fn exit_mmap_after_the_exit_event_leaves_no_state_behind() {
+        // 6.15+: do_exit() traces sched_process_exit, then exit_mm() -> exit_mmap() takes and
+        // drops the mmap_lock in the exiting task's context.
+        let mut r = Run::new();
+        r.quiet(&[(NEW, acq(A, false)), (NEW, rel(A, false)), (NEW, What::TaskExit)]);
+        assert!(r.feed(NEW, acq(A, false)).is_empty());
+        assert!(r.feed(NEW, acq(A, true)).len() == 1, "write over own read is still judged");
+        r.feed(NEW, rel(A, true));
+        assert_eq!(r.model.stats().tasks_tracked, 0, "the exited task is forgotten once it holds nothing");
     }
 }

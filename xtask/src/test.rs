@@ -1,0 +1,70 @@
+//! `cargo xtask test`: every test in the workspace, then one closing tally in which tests that
+//! could not run here (not root, no BTF, ...) count as skipped, not passed.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+pub fn run(extra: &[String]) -> Result<()> {
+    let skip_log = std::env::temp_dir().join(format!("vmalock-skips-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&skip_log);
+    if !cmd::is_root() {
+        println!("xtask: NOT ROOT: the live eBPF tests will be skipped (run as root to run them)");
+    }
+    let mut c = cmd::cargo();
+    c.args(["test", "--workspace"])
+        .args(extra)
+        .env("VMALOCK_SKIP_LOG", &skip_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = c.spawn().context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count(rest, "passed");
+            failed += count(rest, "failed");
+        }
+    }
+    let status = child.wait()?;
+    let skips: Vec<String> = std::fs::read_to_string(&skip_log)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(&skip_log);
+    for s in &skips {
+        println!("SKIPPED {s}");
+    }
+    let skipped = skips.len() as u64;
+    // A skipped test returned early, so cargo counted it as passed.
+    println!("tests: {} passed, {failed} failed, {skipped} skipped", passed.saturating_sub(skipped));
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// "ok. 43 passed; 0 failed; ..." → the number before `what`.
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_cargo_summaries() {
+        let s = "ok. 43 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 2.27s";
+        assert_eq!(super::count(s, "passed"), 43);
+        assert_eq!(super::count(s, "failed"), 2);
+        assert_eq!(super::count("FAILED. 5 passed; 3 failed; 0 ignored", "failed"), 3);
+    }
+}
