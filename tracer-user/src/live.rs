@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub ring_bytes: u32,
     /// Send every event kind, not only what the rules need (`record`).
     pub all_events: bool,
+    /// Attach plain tracepoints even where tp_btf works.
+    pub force_tracepoint: bool,
     /// The vmalock command line, for the trace header.
     pub argv: Vec<String>,
 }
@@ -98,7 +100,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     }
     let out = opts.output.as_ref().map(create_output).transpose()?;
     let kbtf = KernelBtf::open()?;
-    let mut tracer = Tracer::load(&Options { ring_bytes: opts.ring_bytes }, &kbtf)?;
+    let mut tracer = Tracer::load(&Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint }, &kbtf)?;
     let mut ring = register(tracer.take_events()?).context("registering the ring buffer with tokio")?;
     let mut logger = tracer.take_logger().and_then(|l| register(l).ok());
 

@@ -30,6 +30,8 @@ pub struct Attached {
 pub struct Options {
     /// Ring-buffer size in bytes (a power-of-two multiple of the page size).
     pub ring_bytes: u32,
+    /// Use plain tracepoints even where tp_btf works (to test or compare the fallback).
+    pub force_tracepoint: bool,
 }
 
 pub struct Tracer {
@@ -86,18 +88,22 @@ impl Tracer {
         tracer.configure(Config { start_ns: u64::MAX, tgid: TGID_NONE, send_mask: 0 })?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         for hook in HOOKS {
-            tracer.attach(hook, &btf, tp_layout)?;
+            tracer.attach(hook, &btf, tp_layout, opts.force_tracepoint)?;
         }
         Ok(tracer)
     }
 
-    fn attach(&mut self, hook: &Hook, btf: &Btf, tp_layout: u32) -> Result<()> {
-        let btf_err = match self.attach_btf(hook, btf) {
-            Ok(()) => {
-                self.attached.hooks.insert(hook.name.into(), "tp_btf".into());
-                return Ok(());
+    fn attach(&mut self, hook: &Hook, btf: &Btf, tp_layout: u32, force_tracepoint: bool) -> Result<()> {
+        let btf_err = if force_tracepoint {
+            anyhow!("not tried (--tracepoints)")
+        } else {
+            match self.attach_btf(hook, btf) {
+                Ok(()) => {
+                    self.attached.hooks.insert(hook.name.into(), "tp_btf".into());
+                    return Ok(());
+                }
+                Err(e) => e,
             }
-            Err(e) => e,
         };
         if hook.category == "mmap_lock" && tp_layout == 0 {
             bail!(

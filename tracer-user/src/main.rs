@@ -57,6 +57,9 @@ struct TraceArgs {
     /// Send every event kind to userspace, not only those the rules need.
     #[arg(long)]
     all_events: bool,
+    /// Attach plain tracepoints even where tp_btf works (normally only a fallback).
+    #[arg(long)]
+    tracepoints: bool,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +108,7 @@ fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
         output: a.output,
         ring_bytes: a.ring_kib * 1024,
         all_events: a.all_events || record,
+        force_tracepoint: a.tracepoints,
         argv: std::env::args().collect(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -303,3 +303,66 @@ fn bad_arguments_and_files_get_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"), "the error names the line");
 }
+
+#[test]
+fn plain_tracepoint_fallback_records_the_same_kinds_of_events() {
+    if !can_trace("plain_tracepoint_fallback_records_the_same_kinds_of_events") {
+        return;
+    }
+    let _g = serial();
+    let (_d, trace) = tmp("tp.jsonl");
+    let cmd = format!("{} --threads 2 --iters 100", workload());
+    let out = run(&["record", "--tracepoints", "-c", &cmd, "-o", trace.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("tracepoint failed") {
+        skip("plain_tracepoint_fallback_records_the_same_kinds_of_events", "this kernel refuses plain tracepoints");
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("mmap_lock_acquire_returned (tracepoint)"), "{stderr}");
+    let lines = lines(&trace);
+    assert_eq!(lines[0]["capabilities"]["hooks"]["mmap_lock_released"], "tracepoint");
+    let evs = events(&lines);
+    // The record layout was decoded right: writes, successes and failures all present, and
+    // every pointer is a kernel pointer (a wrong offset would read memcg ids or garbage).
+    assert!(evs.iter().any(|e| e["kind"] == "mmap_lock_acquired" && e["write"] == true && e["success"] == true));
+    assert!(evs.iter().any(|e| e["kind"] == "mmap_lock_released" && e["write"] == false));
+    assert!(evs.iter().filter(|e| e["mm"].is_string()).all(|e| e["mm"].as_str().unwrap().starts_with("0xffff")));
+    assert_eq!(imbalance(&evs), None);
+    assert!(evs.iter().any(|e| e["kind"] == "task_exit"));
+    assert_none_of_ours_loaded();
+}
+
+#[test]
+fn sigkill_loses_at_most_the_last_line_and_leaves_nothing_loaded() {
+    if !can_trace("sigkill_loses_at_most_the_last_line_and_leaves_nothing_loaded") {
+        return;
+    }
+    let _g = serial();
+    let (_d, trace) = tmp("killed.jsonl");
+    let mut busy = std::process::Command::new(workload()).args(["--threads", "2", "--iters", "100000"]).spawn().unwrap();
+    let child = std::process::Command::new(vmalock())
+        .args(["record", "-o", trace.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait_with_output();
+    let _ = busy.kill();
+    let _ = busy.wait();
+    // Everything but possibly the last line parses; the replay warns and still checks it all.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let all: Vec<&str> = text.lines().collect();
+    assert!(all.len() > 100, "events were flushed while running");
+    for l in &all[..all.len() - 1] {
+        serde_json::from_str::<Value>(l).expect("every line but the last is whole");
+    }
+    let c = run(&["check", trace.to_str().unwrap()]);
+    assert!(c.status.code() == Some(0) || c.status.code() == Some(1));
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("no footer"), "{stderr}");
+    // The kernel frees programs and links with the last fd: SIGKILL leaves nothing behind.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_none_of_ours_loaded();
+}
