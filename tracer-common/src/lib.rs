@@ -76,6 +76,9 @@ pub struct Config {
     pub tgid: u32,
     /// Which kinds are sent to userspace: a [`kind_bit`] per kind.
     pub send_mask: u32,
+    /// Submits wake the reader only once this many bytes are waiting; below that the reader
+    /// drains on its own timer. A wakeup per event costs the traced task more than the event.
+    pub wakeup_bytes: u64,
 }
 
 /// `Config::tgid`: trace every task.

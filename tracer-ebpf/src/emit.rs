@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_log_ebpf::warn;
 use tracer_common::{Config, RawEvent, TGID_ALL, counter, flag, kind_bit};
 
@@ -97,5 +98,12 @@ pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, mut flags: u16) {
         (*ev)._pad = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
-    entry.submit(0);
+    // Batched wakeups: the reader polls on a short timer and is only woken early when the
+    // ring fills past `wakeup_bytes`.
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake as u64);
 }

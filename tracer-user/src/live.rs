@@ -148,6 +148,8 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let sleep = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(sleep);
     let mut pid_poll = tokio::time::interval(Duration::from_millis(200));
+    let mut drain_tick = tokio::time::interval(loader::DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut model = Model::new();
     let mut sink = Sink { verdicts: Vec::new(), shown: 0, decode_errors: 0, events: 0 };
@@ -158,6 +160,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
                 drain(guard.get_inner_mut(), &mut model, &mut sink, writer.as_mut())?;
                 guard.clear_ready();
             }
+            _ = drain_tick.tick() => drain(ring.get_mut(), &mut model, &mut sink, writer.as_mut())?,
             Some(guard) = async { match logger.as_mut() { Some(l) => l.readable_mut().await.ok(), None => std::future::pending().await } } => {
                 let mut guard = guard;
                 guard.get_inner_mut().flush();

@@ -37,7 +37,12 @@ pub struct Options {
 pub struct Tracer {
     ebpf: Ebpf,
     pub attached: Attached,
+    /// Wake the reader early once a quarter of the ring is full.
+    wakeup_bytes: u64,
 }
+
+/// How often the reader drains the ring when no early wakeup comes (see `Config::wakeup_bytes`).
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One sentence saying what is missing when we cannot load BPF programs at all.
 pub fn preflight() -> Result<()> {
@@ -84,8 +89,8 @@ impl Tracer {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
-        let mut tracer = Tracer { ebpf, attached: Attached::default() };
-        tracer.configure(Config { start_ns: u64::MAX, tgid: TGID_NONE, send_mask: 0 })?;
+        let mut tracer = Tracer { ebpf, attached: Attached::default(), wakeup_bytes: u64::from(opts.ring_bytes / 4) };
+        tracer.pause()?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         for hook in HOOKS {
             tracer.attach(hook, &btf, tp_layout, opts.force_tracepoint)?;
@@ -145,7 +150,8 @@ impl Tracer {
         Ok(p.try_into()?)
     }
 
-    fn configure(&mut self, cfg: Config) -> Result<()> {
+    fn configure(&mut self, start_ns: u64, tgid: u32, send_mask: u32) -> Result<()> {
+        let cfg = Config { start_ns, tgid, send_mask, wakeup_bytes: self.wakeup_bytes };
         let mut map: Array<&mut MapData, Config> =
             Array::try_from(self.ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?)?;
         map.set(0, cfg, 0).context("writing the CONFIG map")?;
@@ -158,9 +164,9 @@ impl Tracer {
     /// Events flow *before* that moment is taken, so no task born after it can have taken a
     /// lock unseen; a task born just before is simply not marked new.
     pub fn start(&mut self, tgid: u32, send_mask: u32) -> Result<u64> {
-        self.configure(Config { start_ns: u64::MAX, tgid, send_mask })?;
+        self.configure(u64::MAX, tgid, send_mask)?;
         let now = monotonic_ns();
-        self.configure(Config { start_ns: now, tgid, send_mask })?;
+        self.configure(now, tgid, send_mask)?;
         Ok(now)
     }
 
@@ -168,13 +174,13 @@ impl Tracer {
     /// probes already attached). Call it only while the child is blocked before exec, holding no
     /// lock, so what it did before the filter named it was only whole, balanced lock pairs.
     pub fn start_child(&mut self, born_after: u64, pid: u32, send_mask: u32) -> Result<u64> {
-        self.configure(Config { start_ns: born_after, tgid: pid, send_mask })?;
+        self.configure(born_after, pid, send_mask)?;
         Ok(born_after)
     }
 
     /// Stops the flow of events (the programs stay attached until the Tracer is dropped).
     pub fn pause(&mut self) -> Result<()> {
-        self.configure(Config { start_ns: u64::MAX, tgid: TGID_NONE, send_mask: 0 })
+        self.configure(u64::MAX, TGID_NONE, 0)
     }
 
     /// The event ring buffer; call once.
