@@ -58,7 +58,10 @@ pub struct RawEvent {
     pub lost_before: u32,
     pub kind: u16,
     pub flags: u16,
-    pub _pad: u32,
+    /// How many ring-buffer reserves had failed, on any CPU, when this event was taken. A change
+    /// tells userspace that events were lost *before this one*, even when the loss was on
+    /// another CPU (a per-CPU marker would arrive too late to protect state in between).
+    pub loss_epoch: u32,
     /// `current->comm`, NUL-padded.
     pub comm: [u8; 16],
 }
@@ -95,6 +98,14 @@ pub mod counter {
     /// Hook invocations that passed the TGID filter, indexed by `2 + kind`.
     pub const SEEN_BASE: u32 = 2;
     pub const COUNT: u32 = SEEN_BASE + super::kind::COUNT as u32;
+}
+
+/// tp_btf argument position of `write` in the mmap_lock tracepoints, read from the
+/// `btf_trace_*` prototypes at load time to pick the matching programs; `success` follows it. 6.14+: `(mm, write,
+/// success)`; 6.1–6.13: `(mm, const char *memcg_path, write, success)`.
+pub mod tp_btf_args {
+    pub const WRITE_AFTER_MM: u32 = 1;
+    pub const WRITE_AFTER_MEMCG_PATH: u32 = 2;
 }
 
 /// Layouts of the plain `mmap_lock:*` tracepoint records that the fallback programs understand,

@@ -25,6 +25,10 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Failed reserves on every CPU together: the loss epoch each event carries.
+#[map]
+static LOSS_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 fn bump(index: u32, by: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
@@ -79,11 +83,21 @@ pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, mut flags: u16) {
     if current_task_is_new(ctx, cfg.start_ns) {
         flags |= flag::TASK_NEW;
     }
+    let epoch_ptr = LOSS_EPOCH.get_ptr_mut(0);
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         bump(counter::LOST, 1);
         bump(counter::LOST_PENDING, 1);
+        if let Some(p) = epoch_ptr {
+            // SAFETY: a valid, 8-byte aligned map value; other CPUs add to it concurrently, so
+            // this must be the BPF atomic add (core has no fetch_add for the BPF target).
+            unsafe {
+                core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1);
+            }
+        }
         return;
     };
+    // Read after the reserve: any loss that happened before our slot was taken is counted.
+    let epoch = epoch_ptr.map(|p| unsafe { core::ptr::read_volatile(p) }).unwrap_or(0);
     let ev = entry.as_mut_ptr();
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();
@@ -95,7 +109,7 @@ pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, mut flags: u16) {
         (*ev).lost_before = take_pending_lost();
         (*ev).kind = kind;
         (*ev).flags = flags;
-        (*ev)._pad = 0;
+        (*ev).loss_epoch = epoch as u32;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
     // Batched wakeups: the reader polls on a short timer and is only woken early when the

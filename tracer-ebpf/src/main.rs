@@ -1,6 +1,10 @@
 //! vmalock's eBPF programs. They collect facts at the hook and leave judging to userspace.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write in core::sync::atomic; the intrinsic lowers to
+// BPF's atomic add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod emit;
 mod mmap_lock;

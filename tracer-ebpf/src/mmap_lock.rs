@@ -20,30 +20,71 @@ fn flags(write: bool, success: bool) -> u16 {
     (if write { flag::WRITE } else { 0 }) | (if success { flag::SUCCESS } else { 0 })
 }
 
-// tp_btf: the raw tracepoint arguments, typed by BTF. `bool` arrives as a u64 slot: mask it.
+// tp_btf: the raw tracepoint arguments, typed by BTF; `mm` is always the first. Where `write`
+// sits depends on the kernel (6.1-6.13 pass `const char *memcg_path` before it), and ctx loads
+// must be at constant offsets, so each prototype has its own program (`W` is the index of
+// `write`; `success` follows it) and the loader attaches the one that matches this kernel's BTF.
+// A bool arrives as a u64 slot: mask it.
 
+#[inline(always)]
+fn on_start<const W: usize>(ctx: &BtfTracePointContext) {
+    let mm: u64 = ctx.arg(0);
+    let write: u64 = ctx.arg(W);
+    emit(ctx, kind::MMAP_START, mm, flags(write & 0xff != 0, false));
+}
+
+#[inline(always)]
+fn on_acquired<const W: usize, const S: usize>(ctx: &BtfTracePointContext) {
+    let mm: u64 = ctx.arg(0);
+    let write: u64 = ctx.arg(W);
+    let success: u64 = ctx.arg(S);
+    emit(ctx, kind::MMAP_ACQUIRED, mm, flags(write & 0xff != 0, success & 0xff != 0));
+}
+
+#[inline(always)]
+fn on_released<const W: usize>(ctx: &BtfTracePointContext) {
+    let mm: u64 = ctx.arg(0);
+    let write: u64 = ctx.arg(W);
+    emit(ctx, kind::MMAP_RELEASED, mm, flags(write & 0xff != 0, false));
+}
+
+/// 6.14+: `(mm, write)`.
 #[btf_tracepoint(function = "mmap_lock_start_locking")]
 pub fn btf_mmap_start(ctx: BtfTracePointContext) -> i32 {
-    let mm: u64 = ctx.arg(0);
-    let write: u64 = ctx.arg(1);
-    emit(&ctx, kind::MMAP_START, mm, flags(write & 0xff != 0, false));
+    on_start::<1>(&ctx);
     0
 }
 
+/// 6.14+: `(mm, write, success)`.
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn btf_mmap_acquired(ctx: BtfTracePointContext) -> i32 {
-    let mm: u64 = ctx.arg(0);
-    let write: u64 = ctx.arg(1);
-    let success: u64 = ctx.arg(2);
-    emit(&ctx, kind::MMAP_ACQUIRED, mm, flags(write & 0xff != 0, success & 0xff != 0));
+    on_acquired::<1, 2>(&ctx);
     0
 }
 
 #[btf_tracepoint(function = "mmap_lock_released")]
 pub fn btf_mmap_released(ctx: BtfTracePointContext) -> i32 {
-    let mm: u64 = ctx.arg(0);
-    let write: u64 = ctx.arg(1);
-    emit(&ctx, kind::MMAP_RELEASED, mm, flags(write & 0xff != 0, false));
+    on_released::<1>(&ctx);
+    0
+}
+
+/// 6.1-6.13: `(mm, memcg_path, write)`.
+#[btf_tracepoint(function = "mmap_lock_start_locking")]
+pub fn btf_mmap_start_memcg(ctx: BtfTracePointContext) -> i32 {
+    on_start::<2>(&ctx);
+    0
+}
+
+/// 6.1-6.13: `(mm, memcg_path, write, success)`.
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn btf_mmap_acquired_memcg(ctx: BtfTracePointContext) -> i32 {
+    on_acquired::<2, 3>(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_released")]
+pub fn btf_mmap_released_memcg(ctx: BtfTracePointContext) -> i32 {
+    on_released::<2>(&ctx);
     0
 }
 

@@ -6,6 +6,14 @@ use btf_rs::{Btf, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// What a tracepoint argument is, as far as finding `write`/`success` needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    Pointer,
+    Bool,
+    Other,
+}
+
 pub struct KernelBtf {
     btf: Btf,
 }
@@ -64,6 +72,35 @@ impl KernelBtf {
             .resolve_types_by_name(name)
             .map(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
             .unwrap_or(false)
+    }
+
+    /// The argument types of tracepoint `tp` as a tp_btf program sees them (TP_PROTO order,
+    /// without the leading `void *__data`), from its `btf_trace_<tp>` typedef. The prototype
+    /// changes between kernels (6.1–6.13 pass `const char *memcg_path` after `mm`), so argument
+    /// positions must come from here, never be assumed.
+    pub fn tracepoint_args(&self, tp: &str) -> Result<Vec<ArgKind>> {
+        let name = format!("btf_trace_{tp}");
+        let td = self
+            .btf
+            .resolve_types_by_name(&name)
+            .ok()
+            .and_then(|v| v.into_iter().find(|t| matches!(t, Type::Typedef(_))))
+            .ok_or_else(|| anyhow!("tracepoint {tp} has no {name} in this kernel's BTF"))?;
+        let ptr = self.strip(td)?;
+        let Type::Ptr(p) = ptr else { bail!("{name} is not a function pointer") };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&p)? else {
+            bail!("{name} does not point to a function prototype")
+        };
+        let mut out = Vec::new();
+        for param in proto.parameters.iter().skip(1) {
+            let ty = self.strip(self.btf.resolve_chained_type(param)?)?;
+            out.push(match ty {
+                Type::Int(i) if i.is_bool() => ArgKind::Bool,
+                Type::Ptr(_) => ArgKind::Pointer,
+                _ => ArgKind::Other,
+            });
+        }
+        Ok(out)
     }
 
     /// The enumerators of `enum name`, in declaration order; `None` if the enum is absent.
@@ -165,6 +202,16 @@ mod tests {
         let err = k.member_offset("no_such_struct_xyz", "a").unwrap_err().to_string();
         assert!(err.contains("no_such_struct_xyz"), "{err}");
         assert!(KernelBtf::open_path("/nonexistent/btf").err().unwrap().to_string().contains("CONFIG_DEBUG_INFO_BTF"));
+    }
+
+    #[test]
+    fn tracepoint_prototypes_come_from_btf() {
+        let Some(k) = kernel() else { return };
+        let args = k.tracepoint_args("mmap_lock_acquire_returned").unwrap();
+        assert_eq!(args[0], ArgKind::Pointer, "mm first");
+        // Two bools (write, success) follow, with or without memcg_path between.
+        assert_eq!(args.iter().filter(|a| **a == ArgKind::Bool).count(), 2, "{args:?}");
+        assert!(k.tracepoint_args("no_such_tracepoint").unwrap_err().to_string().contains("btf_trace_no_such_tracepoint"));
     }
 
     #[test]

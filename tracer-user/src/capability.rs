@@ -146,6 +146,12 @@ pub fn probe() -> Result<Capabilities> {
     let tracefs = tpformat::tracefs()?;
     let tp_layout = tpformat::mmap_lock_layout(&tracefs).unwrap_or(0);
     let start_time = kbtf.required_offset("task_struct", "start_time")? as u64;
+    let write_arg = crate::loader::tp_btf_write_arg(&kbtf).unwrap_or(0);
+    let acquired_prog = if write_arg == tracer_common::tp_btf_args::WRITE_AFTER_MEMCG_PATH {
+        "btf_mmap_acquired_memcg"
+    } else {
+        "btf_mmap_acquired"
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFF_TASK_START_TIME", &start_time, true)
         .override_global("TP_LAYOUT", &tp_layout, true)
@@ -156,7 +162,7 @@ pub fn probe() -> Result<Capabilities> {
     // Each probe detaches at once. While attached the programs only bump counters: the CONFIG
     // map is zeroed, and a send mask of 0 sends nothing to the (unread) ring buffer.
     families.push(outcome("tp_btf", "tp_btf mmap_lock_acquire_returned", (|| {
-        let p: &mut BtfTracePoint = prog(&mut ebpf, "btf_mmap_acquired")?;
+        let p: &mut BtfTracePoint = prog(&mut ebpf, acquired_prog)?;
         p.load("mmap_lock_acquire_returned", &btf)?;
         let id = p.attach()?;
         p.detach(id)

@@ -20,6 +20,10 @@ pub struct Event {
     /// Events lost on this CPU just before this one (ring buffer full).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_before: u32,
+    /// Failed reserves on all CPUs before this event; a change means events were lost before
+    /// this one, wherever they were lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub loss_epoch: u32,
     #[serde(flatten)]
     pub what: What,
 }
@@ -134,6 +138,7 @@ impl Event {
             comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
             task_new: raw.flags & flag::TASK_NEW != 0,
             lost_before: raw.lost_before,
+            loss_epoch: raw.loss_epoch,
             what,
         })
     }

@@ -118,6 +118,19 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         (None, None) => (None, TGID_ALL, tracer.start(TGID_ALL, send_mask)?),
     };
 
+    // Like bpftrace's "Attaching N probes...": the moment events start to flow, on stderr.
+    let target = match (&held, tgid) {
+        (Some(_), pid) => format!("command (pid {pid})"),
+        (None, TGID_ALL) => "all tasks".to_string(),
+        (None, pid) => format!("pid {pid}"),
+    };
+    let families: std::collections::BTreeSet<&str> = tracer.attached.hooks.values().map(String::as_str).collect();
+    eprintln!(
+        "vmalock: tracing {target} ({} hooks via {}); Ctrl-C to stop",
+        tracer.attached.hooks.len(),
+        families.into_iter().collect::<Vec<_>>().join("+")
+    );
+
     let header = Header {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         kernel_release: capability::kernel_release(),

@@ -11,9 +11,12 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use serde::Serialize;
-use tracer_common::{Config, TGID_NONE, counter, kind};
+use tracer_common::{Config, TGID_NONE, counter, kind, tp_btf_args};
 
-use crate::{btf::KernelBtf, tpformat};
+use crate::{
+    btf::{ArgKind, KernelBtf},
+    tpformat,
+};
 
 /// The eBPF object built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -39,10 +42,36 @@ pub struct Tracer {
     pub attached: Attached,
     /// Wake the reader early once a quarter of the ring is full.
     wakeup_bytes: u64,
+    /// `TP_BTF_WRITE_ARG` as loaded; 0 when tp_btf cannot be used for mmap_lock.
+    write_arg: u32,
 }
 
 /// How often the reader drains the ring when no early wakeup comes (see `Config::wakeup_bytes`).
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Where `write` sits in the mmap_lock tracepoints' tp_btf arguments on this kernel, checked on
+/// all three prototypes (`success` must follow it in acquire_returned).
+pub fn tp_btf_write_arg(kbtf: &KernelBtf) -> Result<u32> {
+    let mut found = None;
+    for tp in ["mmap_lock_start_locking", "mmap_lock_acquire_returned", "mmap_lock_released"] {
+        let args = kbtf.tracepoint_args(tp)?;
+        let w = args.iter().position(|a| *a == ArgKind::Bool).ok_or_else(|| anyhow!("{tp}: no bool argument in {args:?}"))?;
+        if args.first() != Some(&ArgKind::Pointer) {
+            bail!("{tp}: first argument is not the mm pointer ({args:?})");
+        }
+        if tp == "mmap_lock_acquire_returned" && args.get(w + 1) != Some(&ArgKind::Bool) {
+            bail!("{tp}: `success` does not follow `write` ({args:?})");
+        }
+        if found.is_some_and(|f| f != w) {
+            bail!("the mmap_lock tracepoints disagree on where `write` is");
+        }
+        found = Some(w);
+    }
+    match found.map(|w| w as u32) {
+        Some(w @ (tp_btf_args::WRITE_AFTER_MM | tp_btf_args::WRITE_AFTER_MEMCG_PATH)) => Ok(w),
+        other => bail!("unknown mmap_lock tracepoint prototype (write at {other:?})"),
+    }
+}
 
 /// One sentence saying what is missing when we cannot load BPF programs at all.
 pub fn preflight() -> Result<()> {
@@ -58,17 +87,20 @@ pub fn preflight() -> Result<()> {
 
 /// A program's name in the object and the tracepoint it serves.
 struct Hook {
+    /// tp_btf program for the 6.14+ prototype (`write` right after `mm`).
     btf_prog: &'static str,
+    /// tp_btf program for the 6.1-6.13 prototype (`memcg_path` before `write`), if different.
+    btf_prog_memcg: &'static str,
     tp_prog: &'static str,
     category: &'static str,
     name: &'static str,
 }
 
 const HOOKS: &[Hook] = &[
-    Hook { btf_prog: "btf_mmap_start", tp_prog: "tp_mmap_start", category: "mmap_lock", name: "mmap_lock_start_locking" },
-    Hook { btf_prog: "btf_mmap_acquired", tp_prog: "tp_mmap_acquired", category: "mmap_lock", name: "mmap_lock_acquire_returned" },
-    Hook { btf_prog: "btf_mmap_released", tp_prog: "tp_mmap_released", category: "mmap_lock", name: "mmap_lock_released" },
-    Hook { btf_prog: "btf_task_exit", tp_prog: "tp_task_exit", category: "sched", name: "sched_process_exit" },
+    Hook { btf_prog: "btf_mmap_start", btf_prog_memcg: "btf_mmap_start_memcg", tp_prog: "tp_mmap_start", category: "mmap_lock", name: "mmap_lock_start_locking" },
+    Hook { btf_prog: "btf_mmap_acquired", btf_prog_memcg: "btf_mmap_acquired_memcg", tp_prog: "tp_mmap_acquired", category: "mmap_lock", name: "mmap_lock_acquire_returned" },
+    Hook { btf_prog: "btf_mmap_released", btf_prog_memcg: "btf_mmap_released_memcg", tp_prog: "tp_mmap_released", category: "mmap_lock", name: "mmap_lock_released" },
+    Hook { btf_prog: "btf_task_exit", btf_prog_memcg: "btf_task_exit", tp_prog: "tp_task_exit", category: "sched", name: "sched_process_exit" },
 ];
 
 impl Tracer {
@@ -83,13 +115,17 @@ impl Tracer {
                 log::warn!("plain-tracepoint fallback unavailable: {e:#}");
                 0
             });
+        let write_arg = tp_btf_write_arg(kbtf).unwrap_or_else(|e| {
+            log::warn!("tp_btf unusable for mmap_lock: {e:#}");
+            0
+        });
         let ebpf = EbpfLoader::new()
             .override_global("OFF_TASK_START_TIME", &start_time, true)
             .override_global("TP_LAYOUT", &tp_layout, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
-        let mut tracer = Tracer { ebpf, attached: Attached::default(), wakeup_bytes: u64::from(opts.ring_bytes / 4) };
+        let mut tracer = Tracer { ebpf, attached: Attached::default(), wakeup_bytes: u64::from(opts.ring_bytes / 4), write_arg };
         tracer.pause()?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         for hook in HOOKS {
@@ -133,7 +169,15 @@ impl Tracer {
     }
 
     fn attach_btf(&mut self, hook: &Hook, btf: &Btf) -> Result<()> {
-        let prog: &mut BtfTracePoint = self.program(hook.btf_prog)?;
+        if hook.category == "mmap_lock" && self.write_arg == 0 {
+            bail!("the mmap_lock tracepoint prototype is not one vmalock knows (see the log)");
+        }
+        let name = if hook.category == "mmap_lock" && self.write_arg == tp_btf_args::WRITE_AFTER_MEMCG_PATH {
+            hook.btf_prog_memcg
+        } else {
+            hook.btf_prog
+        };
+        let prog: &mut BtfTracePoint = self.program(name)?;
         prog.load(hook.name, btf)?;
         prog.attach()?;
         Ok(())

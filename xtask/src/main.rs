@@ -7,6 +7,7 @@
 mod cmd;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,12 +28,38 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit, model, trace, and the live eBPF tests on this kernel.
+    /// Set up, then run every test: unit, model, trace, the live eBPF tests on this kernel, and
+    /// the in-guest suite on the test kernels (vm-images/kernels.toml) under QEMU.
     Test {
+        /// Only the host suite (no test kernels).
+        #[arg(long)]
+        host_only: bool,
+        /// Only these test kernels (default: all in the manifest).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Test kernels under QEMU.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Boot each test kernel, run the in-guest suite, print kernel × test.
+    Test {
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Seconds one boot may take before it is killed and counted as a hang.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
+    /// List the test kernels in vm-images/kernels.toml.
+    List,
 }
 
 fn main() {
@@ -40,7 +67,16 @@ fn main() {
     let result: Result<()> = match cli.cmd {
         Cmd::Setup => setup::ensure_all(),
         Cmd::Run { args } => setup::ensure_all().and_then(|()| run(&args)),
-        Cmd::Test { args } => setup::ensure_all().and_then(|()| test::run(&args)),
+        Cmd::Test { host_only, kernels, args } => {
+            setup::ensure_all().and_then(|()| test::run(&args, (!host_only).then_some(kernels.as_slice())))
+        }
+        Cmd::Vm { cmd: VmCmd::Test { kernels, timeout } } => setup::ensure_all().and_then(|()| {
+            let runs = vm::test(&kernels, std::time::Duration::from_secs(timeout))?;
+            let (p, f, s) = vm::tally(&runs);
+            println!("vm tests: {p} passed, {f} failed, {s} skipped");
+            if f > 0 { anyhow::bail!("vm tests failed") } else { Ok(()) }
+        }),
+        Cmd::Vm { cmd: VmCmd::List } => vm::list(),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

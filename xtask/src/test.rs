@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
 
-pub fn run(extra: &[String]) -> Result<()> {
+/// `kernels`: None = host suite only; Some(names) = also the VM suite (all kernels if empty).
+pub fn run(extra: &[String], kernels: Option<&[String]>) -> Result<()> {
     let skip_log = std::env::temp_dir().join(format!("vmalock-skips-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&skip_log);
     if !cmd::is_root() {
@@ -41,10 +42,31 @@ pub fn run(extra: &[String]) -> Result<()> {
     for s in &skips {
         println!("SKIPPED {s}");
     }
-    let skipped = skips.len() as u64;
+    let mut skipped = skips.len() as u64;
     // A skipped test returned early, so cargo counted it as passed.
-    println!("tests: {} passed, {failed} failed, {skipped} skipped", passed.saturating_sub(skipped));
-    if !status.success() || failed > 0 {
+    let mut passed = passed.saturating_sub(skipped);
+    let host_ok = status.success() && failed == 0;
+    let mut vm_error = None;
+    if let Some(names) = kernels {
+        match crate::vm::test(names, std::time::Duration::from_secs(900)) {
+            Ok(runs) => {
+                let (p, f, s) = crate::vm::tally(&runs);
+                println!("vm tests: {p} passed, {f} failed, {s} skipped");
+                passed += p;
+                failed += f;
+                skipped += s;
+            }
+            Err(e) => {
+                failed += 1;
+                vm_error = Some(e);
+            }
+        }
+    }
+    println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
+    if let Some(e) = vm_error {
+        return Err(e.context("the VM suite could not run"));
+    }
+    if !host_ok || failed > 0 {
         bail!("tests failed");
     }
     Ok(())

@@ -2,7 +2,10 @@
 //! so every mmap_lock path (read for faults, write for mmap/mprotect, write→downgrade for munmap)
 //! runs many times. `--sleep-first MS` gives a tracer time to attach by PID.
 //!
-//! usage: vmalock-workload [--threads N] [--iters N] [--sleep-first MS]
+//! `--wait-for PATH` waits until PATH exists before working (a test creates it once the tracer
+//! is live).
+//!
+//! usage: vmalock-workload [--threads N] [--iters N] [--sleep-first MS] [--wait-for PATH]
 
 use std::{thread, time::Duration};
 
@@ -40,6 +43,11 @@ fn main() {
     let sleep_ms = arg(&args, "--sleep-first", 0);
     if sleep_ms > 0 {
         thread::sleep(Duration::from_millis(sleep_ms));
+    }
+    if let Some(path) = args.iter().position(|a| a == "--wait-for").and_then(|i| args.get(i + 1)) {
+        while !std::path::Path::new(path).exists() {
+            thread::sleep(Duration::from_millis(10));
+        }
     }
     let handles: Vec<_> = (0..threads).map(|_| thread::spawn(move || churn(iters))).collect();
     for h in handles {

@@ -162,6 +162,8 @@ pub(crate) struct MmapLocks {
     /// task's lost acquires would make its releases look unmatched. Without each task's start
     /// time there is no sound way to re-trust it.
     task_new_trusted: bool,
+    /// The last `Event::loss_epoch` seen.
+    loss_epoch: u32,
     max_tasks: usize,
 }
 
@@ -174,6 +176,7 @@ impl Default for MmapLocks {
             evicted: Recent::new(EVICTED_TIDS),
             exited: Recent::new(EVICTED_TIDS),
             task_new_trusted: true,
+            loss_epoch: 0,
             max_tasks: MAX_TASKS,
         }
     }
@@ -181,8 +184,12 @@ impl Default for MmapLocks {
 
 impl MmapLocks {
     pub(crate) fn apply(&mut self, ev: &Event, stats: &mut Stats, out: &mut Vec<Verdict>) {
-        if ev.lost_before > 0 {
-            self.resync(stats, ev.lost_before);
+        stats.lost_events += u64::from(ev.lost_before);
+        // The epoch counts losses on every CPU: a change means something before this event was
+        // lost, possibly on another CPU, so no state may be trusted.
+        if ev.loss_epoch != self.loss_epoch {
+            self.loss_epoch = ev.loss_epoch;
+            self.resync(stats);
         }
         match ev.what {
             What::MmapLockStart { mm, write } => {
@@ -235,13 +242,12 @@ impl MmapLocks {
 
     /// After lost events any task's state may be wrong, so forget all of it, as lockdep stops
     /// trusting its graph after an overflow.
-    fn resync(&mut self, stats: &mut Stats, lost: u32) {
+    fn resync(&mut self, stats: &mut Stats) {
         self.tasks.clear();
         self.lru.clear();
         self.evicted.clear();
         self.exited.clear();
         self.task_new_trusted = false;
-        stats.lost_events += u64::from(lost);
         stats.resyncs += 1;
     }
 
@@ -476,6 +482,7 @@ mod tests {
                 comm: format!("task{tid}"),
                 task_new: tid >= FIRST_NEW,
                 lost_before: 0,
+                loss_epoch: 0,
                 what,
             }
         }
@@ -756,6 +763,7 @@ mod tests {
             },
         );
         lossy.lost_before = 3;
+        lossy.loss_epoch = 3;
         assert!(r.apply(&lossy).is_empty());
         let stats = r.model.stats();
         assert_eq!((stats.lost_events, stats.resyncs), (3, 1));
@@ -844,5 +852,24 @@ mod tests {
         assert!(r.feed(NEW, acq(A, true)).len() == 1, "write over own read is still judged");
         r.feed(NEW, rel(A, true));
         assert_eq!(r.model.stats().tasks_tracked, 0, "the exited task is forgotten once it holds nothing");
+    }
+
+    #[test]
+    fn a_loss_on_another_cpu_resets_state_before_it_is_misjudged() {
+        // Task NEW's acquire was lost on CPU 0; its release comes next, from CPU 1, before any
+        // later CPU-0 event could carry lost_before. The epoch in the release says "loss".
+        let mut r = Run::new();
+        let mut release = r.ev(NEW, rel(A, true));
+        release.loss_epoch = 1;
+        assert!(r.apply(&release).is_empty(), "a release after a loss is not judged");
+        assert_eq!(r.model.stats().resyncs, 1);
+        // The same epoch again is no new loss: state built after it is judged.
+        let mut acquire = r.ev(NEW, acq(A, true));
+        acquire.loss_epoch = 1;
+        r.apply(&acquire);
+        let mut again = r.ev(NEW, acq(A, true));
+        again.loss_epoch = 1;
+        assert_eq!(r.apply(&again).len(), 1);
+        assert_eq!(r.model.stats().resyncs, 1);
     }
 }

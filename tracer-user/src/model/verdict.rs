@@ -163,6 +163,7 @@ mod tests {
             comm: "worker".into(),
             task_new: false,
             lost_before: 0,
+            loss_epoch: 0,
             what,
         }
     }

@@ -106,6 +106,7 @@ mod tests {
             comm: "sh".into(),
             task_new: true,
             lost_before: 0,
+            loss_epoch: 0,
             what: What::MmapLockReleased {
                 mm: 0xffff_8880_0000_1000,
                 write: true,

@@ -46,6 +46,7 @@ mod tests {
             comm: "a \"quoted\" comm".into(),
             task_new,
             lost_before,
+            loss_epoch: lost_before,
             what,
         };
         let mm = 0xffff_8880_1234_5000;

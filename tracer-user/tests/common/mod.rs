@@ -9,12 +9,16 @@ use std::{
 
 use serde_json::Value;
 
+/// The binaries under test: where cargo built them, or (in a test guest, where the test
+/// executable runs far from its build tree) where VMALOCK_BIN / VMALOCK_WORKLOAD say.
 pub fn vmalock() -> &'static str {
-    env!("CARGO_BIN_EXE_vmalock")
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| std::env::var("VMALOCK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vmalock").into()))
 }
 
 pub fn workload() -> &'static str {
-    env!("CARGO_BIN_EXE_vmalock-workload")
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| std::env::var("VMALOCK_WORKLOAD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vmalock-workload").into()))
 }
 
 /// Records a skip: printed loudly, and appended to `$VMALOCK_SKIP_LOG` so `cargo xtask test`
@@ -57,6 +61,37 @@ pub fn run(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Starts vmalock with `args` and returns once it says it is tracing (its stderr line), so a
+/// test never races the attach, however slow the machine (TCG guests are).
+pub fn spawn_tracing(args: &[&str]) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(vmalock())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning vmalock");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("vmalock exited before tracing: {seen}");
+        }
+        seen += &line;
+        if line.starts_with("vmalock: tracing ") {
+            break;
+        }
+    }
+    // Keep draining stderr so vmalock never blocks on a full pipe; hand the rest back.
+    let rest = std::thread::spawn(move || {
+        let mut all = seen;
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+        all
+    });
+    (child, rest)
 }
 
 /// All lines of a trace file as JSON values.

@@ -1,0 +1,164 @@
+//! What runs inside a test guest: static vmalock binaries, the test executables, an /init that
+//! runs them and prints one `VMALOCK-RESULT` line per test and a `VMALOCK-SUMMARY` line.
+
+use std::{
+    io::BufRead as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::initramfs::Cpio;
+use crate::cmd;
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Static executables for the guest (built once per `vm test`).
+pub struct GuestBins {
+    pub vmalock: PathBuf,
+    pub workload: PathBuf,
+    /// Integration-test executables: (name, path).
+    pub tests: Vec<(String, PathBuf)>,
+    /// The test module's static trigger helper.
+    pub trigger: Option<PathBuf>,
+}
+
+pub fn build() -> Result<GuestBins> {
+    println!("vm: building static guest binaries");
+    let mut c = cmd::cargo();
+    c.env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(cmd::workspace_root().join("target/guest"))
+        .args(["-p", "tracer-user", "--bins"]);
+    cmd::run(&mut c).context("building static guest binaries")?;
+    let out = cmd::workspace_root().join("target/guest").join(TARGET).join("release");
+
+    // `cargo test --no-run` builds the test executables; its JSON names them.
+    let mut c = cmd::cargo();
+    c.env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["test", "--no-run", "--release", "--message-format=json", "--target", TARGET, "--target-dir"])
+        .arg(cmd::workspace_root().join("target/guest"))
+        .args(["-p", "tracer-user", "--tests"])
+        .stdout(Stdio::piped());
+    let output = c.output().context("building guest test executables")?;
+    if !output.status.success() {
+        bail!("cargo test --no-run for the guest failed");
+    }
+    let mut tests = Vec::new();
+    for line in output.stdout.lines() {
+        let line = line?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let kind = v["target"]["kind"][0].as_str().unwrap_or_default();
+        if kind != "test" {
+            continue; // unit tests of the library run on the host
+        }
+        if let Some(exe) = v["executable"].as_str() {
+            tests.push((v["target"]["name"].as_str().unwrap_or("test").to_string(), PathBuf::from(exe)));
+        }
+    }
+    if tests.is_empty() {
+        bail!("no integration-test executables were built for the guest");
+    }
+    Ok(GuestBins { vmalock: out.join("vmalock"), workload: out.join("vmalock-workload"), tests, trigger: None })
+}
+
+/// The guest's /init: a busybox shell script.
+fn init_script() -> String {
+    r#"#!/bin/sh
+export PATH=/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs tmpfs /tmp
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+echo "VMALOCK-GUEST-BOOTED $(uname -r)"
+if [ -f /lib/vmalock_test.ko ]; then
+  if insmod /lib/vmalock_test.ko 2>/tmp/insmod.err; then
+    echo "VMALOCK-MODULE loaded"
+  else
+    echo "VMALOCK-MODULE failed: $(cat /tmp/insmod.err)"
+  fi
+else
+  echo "VMALOCK-MODULE absent"
+fi
+echo "VMALOCK-PROBE-BEGIN"
+vmalock probe 2>&1
+echo "VMALOCK-PROBE-END"
+pass=0; fail=0; skip=0
+for t in /tests/*; do
+  name=${t##*/}
+  : > /tmp/skips
+  VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload \
+    "$t" --test-threads=1 > /tmp/out 2>&1
+  # libtest: "test NAME ... ok|FAILED|ignored"; a skip is an "ok" whose name is in the skip log.
+  while read -r word tname dots verdict rest; do
+    [ "$word" = test ] && [ "$dots" = "..." ] || continue
+    why=$(grep "^$tname: " /tmp/skips | head -n 1 | cut -d: -f2-)
+    if [ "$verdict" = ok ] && [ -n "$why" ]; then
+      echo "VMALOCK-RESULT $name::$tname skip$why"; skip=$((skip+1))
+    elif [ "$verdict" = ok ]; then
+      echo "VMALOCK-RESULT $name::$tname pass"; pass=$((pass+1))
+    else
+      echo "VMALOCK-RESULT $name::$tname fail"; fail=$((fail+1))
+    fi
+  done < /tmp/out
+  if grep -q "FAILED" /tmp/out; then
+    echo "VMALOCK-OUTPUT-BEGIN $name"; cat /tmp/out; echo "VMALOCK-OUTPUT-END $name"
+  fi
+done
+echo "VMALOCK-SUMMARY passed=$pass failed=$fail skipped=$skip"
+sync
+poweroff -f
+"#
+    .to_string()
+}
+
+/// Writes the initramfs: busybox, the static binaries, the tests, /init, and the module if any.
+pub fn initramfs(bins: &GuestBins, module: Option<&Path>, dest: &Path) -> Result<()> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| is_static(p))
+        .ok_or_else(|| anyhow!("no static busybox: install busybox-static (`cargo xtask vm test` does so as root)"))?;
+    let tmp = dest.with_extension("partial");
+    let f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut c = Cpio::new(f);
+    for d in ["bin", "dev", "proc", "sys", "tmp", "lib", "tests"] {
+        c.dir(d)?;
+    }
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    c.file("bin/busybox", 0o755, &read(busybox)?)?;
+    c.symlink("bin/sh", "busybox")?;
+    c.file("bin/vmalock", 0o755, &read(&bins.vmalock)?)?;
+    c.file("bin/vmalock-workload", 0o755, &read(&bins.workload)?)?;
+    if let Some(t) = &bins.trigger {
+        c.file("bin/vmalock-trigger", 0o755, &read(t)?)?;
+    }
+    for (name, exe) in &bins.tests {
+        c.file(&format!("tests/{name}"), 0o755, &read(exe)?)?;
+    }
+    if let Some(ko) = module {
+        c.file("lib/vmalock_test.ko", 0o644, &read(ko)?)?;
+    }
+    c.file("init", 0o755, init_script().as_bytes())?;
+    let mut w = c.finish()?;
+    std::io::Write::flush(&mut w)?;
+    drop(w);
+    std::fs::rename(&tmp, dest)?;
+    Ok(())
+}
+
+fn is_static(p: &Path) -> bool {
+    p.exists()
+        && cmd::output(Command::new("file").arg("-L").arg(p)).map_or_else(
+            // Without file(1), trust the busybox-static package's path.
+            || p == Path::new("/bin/busybox"),
+            |s| s.contains("statically linked") || s.contains("static-pie"),
+        )
+}

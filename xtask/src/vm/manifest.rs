@@ -1,0 +1,75 @@
+//! vm-images/kernels.toml: the test kernels.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Kernel {
+    pub name: String,
+    pub suite: String,
+    /// Regex over package names; capture group 1 is `{v}`.
+    pub image: String,
+    /// Packages for building the test module (`{v}` substituted); empty: no module here.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    pub about: String,
+    /// Hook families `vmalock probe` must report working in this guest.
+    #[serde(default)]
+    pub expect: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    kernel: Vec<Kernel>,
+}
+
+pub fn load(root: &Path) -> Result<Vec<Kernel>> {
+    let path = root.join("vm-images/kernels.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    for k in &m.kernel {
+        regex::Regex::new(&k.image).with_context(|| format!("{}: bad image regex", k.name))?;
+    }
+    Ok(m.kernel)
+}
+
+/// The kernels named on the command line, in manifest order; all of them when none is named.
+pub fn select(all: &[Kernel], names: &[String]) -> Result<Vec<Kernel>> {
+    if names.is_empty() {
+        return Ok(all.to_vec());
+    }
+    for n in names {
+        if !all.iter().any(|k| &k.name == n) {
+            let known: Vec<&str> = all.iter().map(|k| k.name.as_str()).collect();
+            bail!("no kernel named {n:?} in vm-images/kernels.toml; known: {}", known.join(", "));
+        }
+    }
+    Ok(all.iter().filter(|k| names.contains(&k.name)).cloned().collect())
+}
+
+/// Orders version strings like "6.12.111+deb12" or "6.1.0-56" by their numeric parts.
+pub fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap_or(0)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_parses_and_names_are_checked() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let all = load(root).unwrap();
+        assert!(all.iter().any(|k| k.name == "debian-6.12"));
+        assert!(select(&all, &["nope".into()]).unwrap_err().to_string().contains("debian-6.12"));
+        assert_eq!(select(&all, &["debian-6.12".into()]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn versions_order_numerically() {
+        assert!(version_key("6.12.111+deb12") > version_key("6.12.95+deb12"));
+        assert!(version_key("6.1.0-56") > version_key("6.1.0-9"));
+    }
+}

@@ -1,0 +1,343 @@
+//! `cargo xtask vm test`: boots each test kernel under QEMU with an initramfs this tool writes,
+//! runs the in-guest suite, and prints a kernel × test table. Every boot has a timeout; a panic,
+//! a hang or a missing result line is a failure that shows the end of the serial log.
+
+mod apt;
+mod guest;
+mod initramfs;
+mod manifest;
+mod module;
+mod qemu;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+
+use crate::cmd;
+
+/// Where downloads, extracted kernels and built modules are kept between runs (and CI runs on
+/// the same machine). Override with VMALOCK_VM_CACHE.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("VMALOCK_VM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/vmalock/vm")
+    })
+}
+
+pub fn report_dir() -> PathBuf {
+    cmd::workspace_root().join("target/vm-report")
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Status {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+pub struct KernelRun {
+    pub kernel: String,
+    pub release: String,
+    pub results: Vec<(String, Status)>,
+}
+
+/// Installs QEMU (the bookworm-backports build, matching the preinstalled qemu-utils) and a
+/// static busybox when missing.
+fn ensure_host_tools(apt: &apt::Apt) -> Result<()> {
+    let have_qemu = qemu::qemu_binary().is_ok();
+    let have_busybox = Path::new("/bin/busybox").exists();
+    if have_qemu && have_busybox {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        return Err(anyhow!("qemu-system-x86 and busybox-static are needed: run `cargo xtask vm test` as root, or apt-get install them"));
+    }
+    println!("vm: installing qemu-system-x86 and busybox-static (bookworm-backports)");
+    cmd::run(apt.apt_get().args(["install", "-y", "--no-install-recommends", "-t", "bookworm-backports", "qemu-system-x86", "busybox-static"]))
+        .context("installing qemu-system-x86 and busybox-static")
+}
+
+pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
+    let root = cmd::workspace_root();
+    let kernels = manifest::select(&manifest::load(&root)?, names)?;
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let apt = apt::Apt::new(&cache)?;
+    apt.update_if_stale()?;
+    ensure_host_tools(&apt)?;
+    let mut bins = guest::build()?;
+    bins.trigger = Some(module::trigger(&cache)?);
+    let reports = report_dir();
+    std::fs::create_dir_all(&reports)?;
+
+    let mut runs = Vec::new();
+    for k in &kernels {
+        runs.push(run_kernel(k, &apt, &cache, &bins, &reports, timeout)?);
+    }
+    print_table(&runs);
+    write_report(&runs, &reports)?;
+    Ok(runs)
+}
+
+fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::GuestBins, reports: &Path, timeout: Duration) -> Result<KernelRun> {
+    let re = regex::Regex::new(&k.image)?;
+    let (pkg, v) = apt
+        .matching(&re)?
+        .into_iter()
+        .max_by_key(|(_, v)| manifest::version_key(v))
+        .ok_or_else(|| anyhow!("{}: no package matches {} in the private package lists", k.name, k.image))?;
+    let deb = apt.download(&pkg, &cache.join("debs"))?;
+    let tree = cache.join("kernels").join(&pkg);
+    apt::extract(&deb, &tree)?;
+    let vmlinuz = find_vmlinuz(&tree)?;
+    let mut results = Vec::new();
+    let module = if k.headers.is_empty() {
+        results.push(("module::build".to_string(), Status::Skip("no buildable headers for this kernel here (see vm-images/kernels.toml)".into())));
+        None
+    } else {
+        match module::build(k, &v, apt, cache) {
+            Ok(ko) => {
+                results.push(("module::build".to_string(), Status::Pass));
+                Some(ko)
+            }
+            Err(e) => {
+                results.push(("module::build".to_string(), Status::Fail(format!("{e:#}"))));
+                None
+            }
+        }
+    };
+    let initrd = cache.join("run").join(format!("{}.cpio", k.name));
+    std::fs::create_dir_all(initrd.parent().unwrap())?;
+    guest::initramfs(bins, module.as_deref(), &initrd)?;
+    println!("vm: booting {} ({pkg})", k.name);
+    let log = reports.join(format!("{}.serial.log", k.name));
+    let boot = qemu::boot(&vmlinuz, &initrd, &log, timeout)?;
+    println!("vm: {} finished in {:.0} s{}", k.name, boot.wall.as_secs_f64(), if boot.timed_out { " (TIMED OUT)" } else { "" });
+    let parsed = parse_serial(&boot.serial, boot.timed_out, &k.expect, module.is_some());
+    std::fs::write(reports.join(format!("{}.probe.txt", k.name)), &parsed.probe)?;
+    results.extend(parsed.results);
+    if results.iter().any(|(_, s)| matches!(s, Status::Fail(_))) {
+        println!("--- {}: last lines of the serial log ({})", k.name, log.display());
+        for l in tail(&boot.serial, 40) {
+            println!("    {l}");
+        }
+    }
+    Ok(KernelRun { kernel: k.name.clone(), release: parsed.release.unwrap_or(v), results })
+}
+
+fn find_vmlinuz(tree: &Path) -> Result<PathBuf> {
+    let boot = tree.join("boot");
+    std::fs::read_dir(&boot)
+        .with_context(|| format!("{} has no boot/ directory", tree.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .ok_or_else(|| anyhow!("no boot/vmlinuz-* in {}", tree.display()))
+}
+
+pub struct Parsed {
+    pub release: Option<String>,
+    pub probe: String,
+    pub results: Vec<(String, Status)>,
+}
+
+/// Reads the guest's serial log: the boot marker, the probe report, the result lines, the summary.
+pub fn parse_serial(serial: &str, timed_out: bool, expect: &[String], module_expected: bool) -> Parsed {
+    let mut results = Vec::new();
+    let mut release = None;
+    let mut probe = String::new();
+    let mut in_probe = false;
+    let mut summary = false;
+    let mut module_line = None;
+    for line in serial.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(r) = line.strip_prefix("VMALOCK-GUEST-BOOTED ") {
+            release = Some(r.trim().to_string());
+        } else if line == "VMALOCK-PROBE-BEGIN" {
+            in_probe = true;
+        } else if line == "VMALOCK-PROBE-END" {
+            in_probe = false;
+        } else if in_probe {
+            probe += line;
+            probe.push('\n');
+        } else if let Some(m) = line.strip_prefix("VMALOCK-MODULE ") {
+            module_line = Some(m.to_string());
+        } else if let Some(r) = line.strip_prefix("VMALOCK-RESULT ") {
+            let mut it = r.splitn(3, ' ');
+            let name = it.next().unwrap_or("?").to_string();
+            let status = match it.next().unwrap_or("") {
+                "pass" => Status::Pass,
+                "skip" => Status::Skip(it.next().unwrap_or("").trim().to_string()),
+                _ => Status::Fail("failed in the guest (its output is in the serial log)".into()),
+            };
+            results.push((name, status));
+        } else if line.starts_with("VMALOCK-SUMMARY ") {
+            summary = true;
+        }
+    }
+    let mut pre = Vec::new();
+    let panic = serial.contains("Kernel panic");
+    pre.push((
+        "boot".to_string(),
+        match (&release, panic, timed_out) {
+            (_, true, _) => Status::Fail("kernel panic".into()),
+            (None, _, true) => Status::Fail("timed out before /init ran".into()),
+            (None, _, false) => Status::Fail("the guest never reached /init".into()),
+            _ => Status::Pass,
+        },
+    ));
+    if module_expected {
+        pre.push((
+            "module::load".to_string(),
+            match module_line.as_deref() {
+                Some("loaded") => Status::Pass,
+                Some(other) => Status::Fail(other.to_string()),
+                None => Status::Fail("no module line".into()),
+            },
+        ));
+    }
+    for fam in expect {
+        let works = probe.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some(fam.as_str()) && w.next() == Some("works")
+        });
+        pre.push((
+            format!("probe::{fam}"),
+            if works { Status::Pass } else { Status::Fail(format!("vmalock probe does not report {fam} working")) },
+        ));
+    }
+    results.splice(0..0, pre);
+    if release.is_some() && !summary {
+        results.push((
+            "summary".to_string(),
+            Status::Fail(if timed_out { "timed out before the summary line".into() } else { "no summary line".into() }),
+        ));
+    }
+    Parsed { release, probe, results }
+}
+
+fn tail(s: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+fn cell(s: &Status) -> String {
+    match s {
+        Status::Pass => "pass".into(),
+        Status::Fail(_) => "FAIL".into(),
+        Status::Skip(_) => "skip".into(),
+    }
+}
+
+fn print_table(runs: &[KernelRun]) {
+    let mut tests: Vec<String> = Vec::new();
+    for r in runs {
+        for (t, _) in &r.results {
+            if !tests.contains(t) {
+                tests.push(t.clone());
+            }
+        }
+    }
+    let w = tests.iter().map(|t| t.len()).max().unwrap_or(4).max(4);
+    print!("\n{:w$}", "test");
+    for r in runs {
+        print!("  {:>12}", r.kernel);
+    }
+    println!();
+    for t in &tests {
+        print!("{t:w$}");
+        for r in runs {
+            let c = r.results.iter().find(|(n, _)| n == t).map_or("-".to_string(), |(_, s)| cell(s));
+            print!("  {c:>12}");
+        }
+        println!();
+    }
+    let mut why: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in runs {
+        for (t, s) in &r.results {
+            match s {
+                Status::Fail(m) => why.entry(format!("FAIL {}/{t}", r.kernel)).or_default().push(m.clone()),
+                Status::Skip(m) => why.entry(format!("skip {}/{t}", r.kernel)).or_default().push(m.clone()),
+                Status::Pass => {}
+            }
+        }
+    }
+    for (k, v) in why {
+        println!("{k}: {}", v.join("; "));
+    }
+}
+
+fn write_report(runs: &[KernelRun], dir: &Path) -> Result<()> {
+    let json: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "kernel": r.kernel,
+                "release": r.release,
+                "results": r.results.iter().map(|(t, s)| {
+                    let (status, why) = match s { Status::Pass => ("pass", ""), Status::Fail(m) => ("fail", m.as_str()), Status::Skip(m) => ("skip", m.as_str()) };
+                    serde_json::json!({"test": t, "status": status, "why": why})
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("vm: report in {}", dir.display());
+    Ok(())
+}
+
+pub fn list() -> Result<()> {
+    for k in manifest::load(&cmd::workspace_root())? {
+        println!("{:<14} {:<18} {}", k.name, k.suite, k.about);
+    }
+    Ok(())
+}
+
+/// (passed, failed, skipped) over all kernels.
+pub fn tally(runs: &[KernelRun]) -> (u64, u64, u64) {
+    let mut t = (0, 0, 0);
+    for r in runs {
+        for (_, s) in &r.results {
+            match s {
+                Status::Pass => t.0 += 1,
+                Status::Fail(_) => t.1 += 1,
+                Status::Skip(_) => t.2 += 1,
+            }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "[    0.0] Linux version 6.12.1\nVMALOCK-GUEST-BOOTED 6.12.1-amd64\nVMALOCK-MODULE loaded\nVMALOCK-PROBE-BEGIN\n  tp_btf      works    ok\n  fentry      REFUSED  EPERM\nVMALOCK-PROBE-END\nVMALOCK-RESULT live_host::a pass\nVMALOCK-RESULT live_host::b skip needs root\nVMALOCK-RESULT live_host::c fail\nVMALOCK-SUMMARY passed=1 failed=1 skipped=1\n";
+
+    #[test]
+    fn parses_results_probe_and_expectations() {
+        let p = parse_serial(LOG, false, &["tp_btf".into(), "fentry".into()], true);
+        assert_eq!(p.release.as_deref(), Some("6.12.1-amd64"));
+        let get = |n: &str| p.results.iter().find(|(t, _)| t == n).map(|(_, s)| s.clone()).unwrap();
+        assert_eq!(get("boot"), Status::Pass);
+        assert_eq!(get("module::load"), Status::Pass);
+        assert_eq!(get("probe::tp_btf"), Status::Pass);
+        assert!(matches!(get("probe::fentry"), Status::Fail(_)));
+        assert_eq!(get("live_host::a"), Status::Pass);
+        assert_eq!(get("live_host::b"), Status::Skip("needs root".into()));
+        assert!(matches!(get("live_host::c"), Status::Fail(_)));
+        assert!(!p.results.iter().any(|(t, _)| t == "summary"));
+    }
+
+    #[test]
+    fn panics_hangs_and_missing_summaries_are_failures() {
+        let p = parse_serial("Kernel panic - not syncing: VFS\n", false, &[], false);
+        assert!(matches!(&p.results[0].1, Status::Fail(m) if m == "kernel panic"));
+        let p = parse_serial("booting...\n", true, &[], false);
+        assert!(matches!(&p.results[0].1, Status::Fail(m) if m.contains("timed out")));
+        let p = parse_serial("VMALOCK-GUEST-BOOTED 7.2\nVMALOCK-RESULT x::y pass\n", true, &[], false);
+        assert!(matches!(&p.results.last().unwrap().1, Status::Fail(m) if m.contains("summary")));
+    }
+}
