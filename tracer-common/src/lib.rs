@@ -18,8 +18,11 @@ pub mod kind {
     pub const MMAP_RELEASED: u16 = 3;
     /// `sched_process_exit`: the task (thread) is exiting.
     pub const TASK_EXIT: u16 = 4;
+    /// Userspace-only: the kernel skipped hook hits (BPF recursion protection) somewhere
+    /// before this point in the stream. Never sent by the eBPF side.
+    pub const MISSED: u16 = 5;
     /// One past the largest kind; sizes the per-kind counters.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 }
 
 /// Bits in `RawEvent::flags`.

@@ -54,6 +54,10 @@ pub enum What {
     },
     /// `sched_process_exit`: this thread is exiting.
     TaskExit,
+    /// Not a kernel event: the kernel skipped `count` hook hits (BPF recursion protection, when
+    /// a task was preempted inside one of our programs) somewhere before this point. Written by
+    /// the live run into the stream so a replay forgets state at the same place.
+    Missed { count: u64 },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -105,6 +109,21 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Event {
+    /// The marker for `count` hook hits the kernel skipped before this point in the stream.
+    pub fn missed(count: u64, after: Option<&Event>) -> Event {
+        Event {
+            ts_ns: after.map_or(0, |e| e.ts_ns),
+            cpu: 0,
+            tid: 0,
+            tgid: 0,
+            comm: String::new(),
+            task_new: false,
+            lost_before: 0,
+            loss_epoch: after.map_or(0, |e| e.loss_epoch),
+            what: What::Missed { count },
+        }
+    }
+
     /// Decodes one ring-buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         if bytes.len() < std::mem::size_of::<RawEvent>() {
@@ -150,6 +169,7 @@ impl Event {
             What::MmapLockAcquired { .. } => kind::MMAP_ACQUIRED,
             What::MmapLockReleased { .. } => kind::MMAP_RELEASED,
             What::TaskExit => kind::TASK_EXIT,
+            What::Missed { .. } => kind::MISSED,
         }
     }
 }
@@ -161,6 +181,7 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::MMAP_ACQUIRED => "mmap_lock_acquire_returned",
         kind::MMAP_RELEASED => "mmap_lock_released",
         kind::TASK_EXIT => "sched_process_exit",
+        kind::MISSED => "missed (recursion protection)",
         _ => "unknown",
     }
 }

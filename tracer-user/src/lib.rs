@@ -11,5 +11,6 @@ pub mod tpformat;
 pub mod capability;
 pub mod child;
 pub mod live;
+pub mod pipeline;
 pub mod report;
 pub mod replay;

@@ -17,9 +17,9 @@ use crate::{
     btf::KernelBtf,
     capability,
     child::{self, HeldChild},
-    event::{Event, kind_name},
+    event::kind_name,
     loader::{self, Options, Tracer},
-    model::{Model, Verdict},
+    pipeline::Pipeline,
     report::Summary,
     trace::{Filter, Footer, Header, TraceWriter},
 };
@@ -143,7 +143,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         layout: serde_json::json!({ "task_struct.start_time": kbtf.required_offset("task_struct", "start_time")? }),
         ..Header::default()
     };
-    let mut writer = out.map(|w| TraceWriter::new(w, &header)).transpose().context("writing the trace header")?;
+    let writer = out.map(|w| TraceWriter::new(w, &header)).transpose().context("writing the trace header")?;
 
     // Watchers for the ways a run ends.
     let (child_tx, mut child_rx) = oneshot::channel::<String>();
@@ -164,16 +164,19 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let mut drain_tick = tokio::time::interval(loader::DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut model = Model::new();
-    let mut sink = Sink { verdicts: Vec::new(), shown: 0, decode_errors: 0, events: 0 };
+    let mut pipe = Pipeline::new(writer);
     let stop = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut model, &mut sink, writer.as_mut())?;
+                let missed = tracer.missed()?;
+                pipe.pump(guard.get_inner_mut(), missed)?;
                 guard.clear_ready();
             }
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut model, &mut sink, writer.as_mut())?,
+            _ = drain_tick.tick() => {
+                let missed = tracer.missed()?;
+                pipe.pump(ring.get_mut(), missed)?;
+            }
             Some(guard) = async { match logger.as_mut() { Some(l) => l.readable_mut().await.ok(), None => std::future::pending().await } } => {
                 let mut guard = guard;
                 guard.get_inner_mut().flush();
@@ -193,7 +196,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
 
     // Stop the flow, then take what is already in the ring: nothing recorded is dropped.
     tracer.pause()?;
-    drain(ring.get_mut(), &mut model, &mut sink, writer.as_mut())?;
+    let (model, mut writer, verdicts, events, decode_errors) = pipe.finish(ring.get_mut(), tracer.missed()?)?;
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
     }
@@ -224,50 +227,10 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         seen: counters.seen.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (kind_name(k as u16), *n)).collect(),
         stats: model.stats().clone(),
         lost_per_cpu: counters.lost_per_cpu,
-        decode_errors: sink.decode_errors,
-        events_received: sink.events,
-        verdicts: sink.verdicts.len(),
+        missed: counters.missed,
+        decode_errors,
+        events_received: events,
+        verdicts: verdicts as usize,
         attached,
     })
-}
-
-struct Sink {
-    verdicts: Vec<Verdict>,
-    shown: usize,
-    decode_errors: u64,
-    events: u64,
-}
-
-/// Takes everything in the ring buffer now through the model and into the trace file.
-fn drain(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    model: &mut Model,
-    sink: &mut Sink,
-    mut writer: Option<&mut TraceWriter<BufWriter<File>>>,
-) -> Result<()> {
-    while let Some(item) = ring.next() {
-        match Event::decode(&item) {
-            Ok(ev) => {
-                sink.events += 1;
-                model.apply(&ev, &mut sink.verdicts);
-                if let Some(w) = writer.as_deref_mut() {
-                    w.event(&ev).context("writing the trace file")?;
-                }
-            }
-            Err(e) => {
-                sink.decode_errors += 1;
-                log::error!("{e}");
-            }
-        }
-    }
-    // One flush per drain: a SIGKILL loses at most the line being written.
-    if let Some(w) = writer {
-        w.flush().context("flushing the trace file")?;
-    }
-    let mut stdout = std::io::stdout().lock();
-    for v in &sink.verdicts[sink.shown..] {
-        let _ = writeln!(stdout, "{v}");
-    }
-    sink.shown = sink.verdicts.len();
-    Ok(())
 }

@@ -247,8 +247,54 @@ impl Tracer {
         for (k, slot) in seen.iter_mut().enumerate() {
             *slot = map.get(&(counter::SEEN_BASE + k as u32), 0)?.iter().sum();
         }
-        Ok(Counters { lost_per_cpu, seen })
+        Ok(Counters { lost_per_cpu, seen, missed: self.missed()? })
     }
+
+    /// Hook hits the kernel skipped (recursion protection), summed over our attached programs.
+    pub fn missed(&self) -> Result<u64> {
+        use std::os::fd::AsFd as _;
+        let mut total = 0;
+        for (_, p) in self.ebpf.programs() {
+            if let Ok(fd) = p.fd() {
+                total += recursion_misses(fd.as_fd())?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// `bpf_prog_info.recursion_misses` of a loaded program: invocations the kernel skipped
+/// because the same program was already running on that CPU. Where tracepoint probes run
+/// preemptibly (newer kernels run them under SRCU-fast, not preempt_disable), a task preempted
+/// inside our program makes every other task's hit on that CPU a silent miss.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD with a valid fd and an out-buffer of the size we pass;
+    // the kernel writes at most info_len bytes (older kernels fewer: the rest stays zero).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
+    }
+    Ok(info.recursion_misses)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -256,6 +302,8 @@ pub struct Counters {
     pub lost_per_cpu: Vec<u64>,
     /// Hook hits that passed the TGID filter, by kind (sent or not).
     pub seen: [u64; kind::COUNT],
+    /// Hook hits the kernel never ran our programs for (recursion protection).
+    pub missed: u64,
 }
 
 impl Counters {

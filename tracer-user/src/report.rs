@@ -11,6 +11,8 @@ pub struct Summary {
     pub seen: Vec<(&'static str, u64)>,
     pub stats: Stats,
     pub lost_per_cpu: Vec<u64>,
+    /// Hook hits the kernel skipped before our program ran (bpf_prog_info.recursion_misses).
+    pub missed: u64,
     pub decode_errors: u64,
     pub events_received: u64,
     pub verdicts: usize,
@@ -36,6 +38,7 @@ impl fmt::Display for Summary {
         let recv: Vec<String> = self.stats.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(f, "  events received: {} ({})", self.events_received, recv.join(", "))?;
         writeln!(f, "  lost events: {} (per CPU: {:?})", self.lost(), self.lost_per_cpu)?;
+        writeln!(f, "  missed hook hits (kernel recursion protection): {}", self.missed)?;
         if self.decode_errors > 0 {
             writeln!(f, "  undecodable records: {}", self.decode_errors)?;
         }

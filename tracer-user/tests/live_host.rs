@@ -21,12 +21,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// the first imbalance, so a bug in the model cannot hide one here.
 fn imbalance(events: &[&Value]) -> Option<String> {
     let mut held: HashMap<(u64, String), Vec<bool>> = HashMap::new();
+    let mut reset_after_miss = false;
+    let mut seen_acquire: std::collections::HashSet<(u64, String)> = Default::default();
     for e in events {
         let tid = e["tid"].as_u64().unwrap();
         let mm = e["mm"].as_str().unwrap_or("").to_string();
         let stack = held.entry((tid, mm.clone())).or_default();
         match e["kind"].as_str().unwrap() {
             "mmap_lock_acquired" if e["success"] == true => {
+                seen_acquire.insert((tid, mm.clone()));
                 let write = e["write"] == true;
                 if !write && stack.last() == Some(&true) {
                     *stack.last_mut().unwrap() = false; // mmap_write_downgrade
@@ -35,7 +38,8 @@ fn imbalance(events: &[&Value]) -> Option<String> {
                 }
             }
             "mmap_lock_released" => {
-                if stack.pop() != Some(e["write"] == true) {
+                let judged = !reset_after_miss || seen_acquire.contains(&(tid, mm.clone()));
+                if stack.pop() != Some(e["write"] == true) && judged {
                     return Some(format!("unmatched release {e}"));
                 }
             }
@@ -43,6 +47,12 @@ fn imbalance(events: &[&Value]) -> Option<String> {
                 if held.iter().any(|((t, _), s)| *t == tid && !s.is_empty()) {
                     return Some(format!("task {tid} exited holding"));
                 }
+            }
+            // The kernel skipped hits before this point: nothing held so far can be trusted,
+            // and tasks whose state is unknown are only judged again once rebuilt.
+            "missed" => {
+                held.clear();
+                reset_after_miss = true;
             }
             _ => {}
         }
@@ -63,6 +73,13 @@ fn record_of_a_multithreaded_child_is_complete_and_balanced() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("command exited with status 0"), "{stderr}");
     assert!(stderr.contains("lost events: 0"), "{stderr}");
+    // Hits the kernel skipped (preempted inside our program, on kernels whose tracepoint probes
+    // are preemptible) are all accounted for by markers in the stream.
+    let missed: u64 = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("missed hook hits (kernel recursion protection): "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the summary reports missed hits");
     // Every kernel vmalock supports has tp_btf for these hooks: a fallback here is a bug (it
     // once hid a verifier rejection of the tp_btf programs).
     assert!(!stderr.contains("fallback for"), "{stderr}");
@@ -74,8 +91,11 @@ fn record_of_a_multithreaded_child_is_complete_and_balanced() {
     let footer = lines.last().unwrap();
     assert_eq!(footer["type"], "footer");
     assert_eq!(footer["lost_events"], 0);
+    let all = stream(&lines);
+    let marked: u64 = all.iter().filter(|e| e["kind"] == "missed").map(|e| e["count"].as_u64().unwrap()).sum();
+    assert_eq!(marked, missed, "every skipped hit is marked in the stream");
+    assert_eq!(footer["events"].as_u64().unwrap() as usize, all.len());
     let evs = events(&lines);
-    assert_eq!(footer["events"].as_u64().unwrap() as usize, evs.len());
     assert!(evs.iter().all(|e| e["tgid"].as_u64() == Some(child)), "an event from another process");
     assert!(evs.iter().all(|e| e["task_new"] == true), "the -c child started after attach: every task is new");
 
@@ -88,7 +108,7 @@ fn record_of_a_multithreaded_child_is_complete_and_balanced() {
     assert!(threads.len() >= 5, "main thread and 4 workers, got {threads:?}");
     let exits = evs.iter().filter(|e| e["kind"] == "task_exit").count();
     assert_eq!(exits, threads.len(), "one sched_process_exit per thread");
-    assert_eq!(imbalance(&evs), None);
+    assert_eq!(imbalance(&all), None);
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "no violations on a clean kernel");
 
     // `check` replays it to the same verdicts (none), exit 0.
@@ -333,7 +353,7 @@ fn plain_tracepoint_fallback_records_the_same_kinds_of_events() {
     // before and after exec. A wrong offset would read memcg ids or flags instead.
     assert!(mms.iter().all(|m| *m >= 0xff00_0000_0000_0000), "{mms:x?}");
     assert!(!mms.is_empty() && mms.len() <= 3, "{mms:x?}");
-    assert_eq!(imbalance(&evs), None);
+    assert_eq!(imbalance(&stream(&lines)), None);
     assert!(evs.iter().any(|e| e["kind"] == "task_exit"));
     assert_none_of_ours_loaded();
 }

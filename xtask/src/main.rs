@@ -58,6 +58,16 @@ enum VmCmd {
         #[arg(long, default_value_t = 900)]
         timeout: u64,
     },
+    /// Boot one test kernel and run a shell command in it instead of the suite (as root, with
+    /// vmalock, vmalock-workload, vmalock-trigger on PATH and the test module loaded).
+    Run {
+        #[arg(long = "kernel")]
+        kernel: String,
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// List the test kernels in vm-images/kernels.toml.
     List,
 }
@@ -76,6 +86,8 @@ fn main() {
             println!("vm tests: {p} passed, {f} failed, {s} skipped");
             if f > 0 { anyhow::bail!("vm tests failed") } else { Ok(()) }
         }),
+        Cmd::Vm { cmd: VmCmd::Run { kernel, timeout, command } } => setup::ensure_all()
+            .and_then(|()| vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout))),
         Cmd::Vm { cmd: VmCmd::List } => vm::list(),
     };
     if let Err(e) = result {

@@ -211,6 +211,11 @@ impl MmapLocks {
                 self.released(ev, mm, Mode::of(write), stats, out)
             }
             What::TaskExit => self.exit(ev, out),
+            // Some hook hits never reached us: any task's state may be missing an event.
+            What::Missed { count } => {
+                stats.missed_events += count;
+                self.resync(stats);
+            }
         }
     }
 
@@ -871,5 +876,19 @@ mod tests {
         again.loss_epoch = 1;
         assert_eq!(r.apply(&again).len(), 1);
         assert_eq!(r.model.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn a_missed_marker_forgets_state_like_a_loss() {
+        let mut r = Run::new();
+        r.quiet(&[(NEW, acq(A, true))]);
+        let marker = Event::missed(2, None);
+        r.apply(&marker);
+        assert_eq!(r.model.stats().missed_events, 2);
+        assert_eq!(r.model.stats().resyncs, 1);
+        assert!(r.held(NEW).is_empty());
+        // The acquire that would match this release may be among the missed hits.
+        assert!(r.feed(NEW, rel(B, true)).is_empty());
+        assert!(r.feed(NEW, What::TaskExit).is_empty());
     }
 }

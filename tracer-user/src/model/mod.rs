@@ -23,7 +23,9 @@ pub struct Stats {
     pub events: BTreeMap<&'static str, u64>,
     /// Events the kernel dropped (ring buffer full), as reported by later events.
     pub lost_events: u64,
-    /// Times all per-task state was forgotten because of lost events.
+    /// Hook hits the kernel skipped (BPF recursion protection), from `Missed` markers.
+    pub missed_events: u64,
+    /// Times all per-task state was forgotten because of lost or missed events.
     pub resyncs: u64,
     /// Read releases credited to another task's hold (mmap_read_unlock_non_owner).
     pub non_owner_releases: u64,

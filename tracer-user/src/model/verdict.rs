@@ -146,6 +146,7 @@ impl fmt::Display for EventLine<'_> {
                 )
             }
             What::TaskExit => Ok(()),
+            What::Missed { count } => write!(f, " {count} hook hits skipped by the kernel"),
         }
     }
 }

@@ -103,7 +103,13 @@ pub fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The kernel's events, without vmalock's `missed` markers.
 pub fn events(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|l| l["type"] == "event" && l["kind"] != "missed").collect()
+}
+
+/// Every event line in order, `missed` markers included.
+pub fn stream(lines: &[Value]) -> Vec<&Value> {
     lines.iter().filter(|l| l["type"] == "event").collect()
 }
 

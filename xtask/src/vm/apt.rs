@@ -84,6 +84,8 @@ impl Apt {
             format!("-oDir::Cache={d}"),
             format!("-oDir::Cache::archives={d}/archives"),
             "-oAPT::Default-Release=bookworm".into(),
+            // Downloads land in our own cache directory, which apt's _apt user cannot write.
+            "-oAPT::Sandbox::User=root".into(),
             "-q".into(),
         ]
     }

@@ -87,6 +87,13 @@ if [ -f /lib/vmalock_test.ko ]; then
 else
   echo "VMALOCK-MODULE absent"
 fi
+if [ -f /run.sh ]; then
+  echo "VMALOCK-RUN-BEGIN"
+  sh /run.sh 2>&1
+  echo "VMALOCK-RUN-END status=$?"
+  sync
+  poweroff -f
+fi
 echo "VMALOCK-PROBE-BEGIN"
 vmalock probe 2>&1
 echo "VMALOCK-PROBE-END"
@@ -120,7 +127,7 @@ poweroff -f
 }
 
 /// Writes the initramfs: busybox, the static binaries, the tests, /init, and the module if any.
-pub fn initramfs(bins: &GuestBins, module: Option<&Path>, dest: &Path) -> Result<()> {
+pub fn initramfs(bins: &GuestBins, module: Option<&Path>, run: Option<&str>, dest: &Path) -> Result<()> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
@@ -145,6 +152,9 @@ pub fn initramfs(bins: &GuestBins, module: Option<&Path>, dest: &Path) -> Result
     }
     if let Some(ko) = module {
         c.file("lib/vmalock_test.ko", 0o644, &read(ko)?)?;
+    }
+    if let Some(script) = run {
+        c.file("run.sh", 0o755, script.as_bytes())?;
     }
     c.file("init", 0o755, init_script().as_bytes())?;
     let mut w = c.finish()?;

@@ -60,6 +60,55 @@ fn ensure_host_tools(apt: &apt::Apt) -> Result<()> {
         .context("installing qemu-system-x86 and busybox-static")
 }
 
+/// `cargo xtask vm run --kernel K -- CMD`: boots K with the usual initramfs (module loaded)
+/// and runs CMD in a shell instead of the suite, printing what it prints.
+pub fn run_command(name: &str, command: &str, timeout: Duration) -> Result<()> {
+    let root = cmd::workspace_root();
+    let k = manifest::select(&manifest::load(&root)?, &[name.to_string()])?.remove(0);
+    let cache = cache_dir();
+    let apt = apt::Apt::new(&cache)?;
+    apt.update_if_stale()?;
+    ensure_host_tools(&apt)?;
+    let mut bins = guest::build()?;
+    bins.trigger = Some(module::trigger(&cache)?);
+    let (vmlinuz, v) = fetch_kernel(&k, &apt, &cache)?;
+    let module = if k.headers.is_empty() { None } else { module::build(&k, &v, &apt, &cache).map_err(|e| println!("vm: no test module: {e:#}")).ok() };
+    let initrd = cache.join("run").join(format!("{}-run.cpio", k.name));
+    std::fs::create_dir_all(initrd.parent().unwrap())?;
+    guest::initramfs(&bins, module.as_deref(), Some(command), &initrd)?;
+    std::fs::create_dir_all(report_dir())?;
+    let log = report_dir().join(format!("{}.run.log", k.name));
+    let boot = qemu::boot(&vmlinuz, &initrd, &log, timeout)?;
+    let mut printing = false;
+    for line in boot.serial.lines() {
+        if line.starts_with("VMALOCK-RUN-BEGIN") {
+            printing = true;
+        } else if line.starts_with("VMALOCK-RUN-END") {
+            println!("{line}");
+            printing = false;
+        } else if printing {
+            println!("{line}");
+        }
+    }
+    if boot.timed_out {
+        anyhow::bail!("the guest timed out; serial log: {}", log.display());
+    }
+    Ok(())
+}
+
+fn fetch_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path) -> Result<(PathBuf, String)> {
+    let re = regex::Regex::new(&k.image)?;
+    let (pkg, v) = apt
+        .matching(&re)?
+        .into_iter()
+        .max_by_key(|(_, v)| manifest::version_key(v))
+        .ok_or_else(|| anyhow!("{}: no package matches {} in the private package lists", k.name, k.image))?;
+    let deb = apt.download(&pkg, &cache.join("debs"))?;
+    let tree = cache.join("kernels").join(&pkg);
+    apt::extract(&deb, &tree)?;
+    Ok((find_vmlinuz(&tree)?, v))
+}
+
 pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
     let root = cmd::workspace_root();
     let kernels = manifest::select(&manifest::load(&root)?, names)?;
@@ -83,16 +132,7 @@ pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
 }
 
 fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::GuestBins, reports: &Path, timeout: Duration) -> Result<KernelRun> {
-    let re = regex::Regex::new(&k.image)?;
-    let (pkg, v) = apt
-        .matching(&re)?
-        .into_iter()
-        .max_by_key(|(_, v)| manifest::version_key(v))
-        .ok_or_else(|| anyhow!("{}: no package matches {} in the private package lists", k.name, k.image))?;
-    let deb = apt.download(&pkg, &cache.join("debs"))?;
-    let tree = cache.join("kernels").join(&pkg);
-    apt::extract(&deb, &tree)?;
-    let vmlinuz = find_vmlinuz(&tree)?;
+    let (vmlinuz, v) = fetch_kernel(k, apt, cache)?;
     let mut results = Vec::new();
     let module = if k.headers.is_empty() {
         results.push(("module::build".to_string(), Status::Skip("no buildable headers for this kernel here (see vm-images/kernels.toml)".into())));
@@ -111,8 +151,8 @@ fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::
     };
     let initrd = cache.join("run").join(format!("{}.cpio", k.name));
     std::fs::create_dir_all(initrd.parent().unwrap())?;
-    guest::initramfs(bins, module.as_deref(), &initrd)?;
-    println!("vm: booting {} ({pkg})", k.name);
+    guest::initramfs(bins, module.as_deref(), None, &initrd)?;
+    println!("vm: booting {} ({})", k.name, vmlinuz.display());
     let log = reports.join(format!("{}.serial.log", k.name));
     let boot = qemu::boot(&vmlinuz, &initrd, &log, timeout)?;
     println!("vm: {} finished in {:.0} s{}", k.name, boot.wall.as_secs_f64(), if boot.timed_out { " (TIMED OUT)" } else { "" });
@@ -128,13 +168,19 @@ fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::
     Ok(KernelRun { kernel: k.name.clone(), release: parsed.release.unwrap_or(v), results })
 }
 
+/// The kernel image in an extracted package: `boot/vmlinuz-*` (classic layout), or
+/// `usr/lib/modules/*/vmlinuz*` (7.x's linux-binary packages, merged /usr).
 fn find_vmlinuz(tree: &Path) -> Result<PathBuf> {
-    let boot = tree.join("boot");
-    std::fs::read_dir(&boot)
-        .with_context(|| format!("{} has no boot/ directory", tree.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
-        .ok_or_else(|| anyhow!("no boot/vmlinuz-* in {}", tree.display()))
+    let is_image = |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz"));
+    let boot = std::fs::read_dir(tree.join("boot")).into_iter().flatten().flatten().map(|e| e.path());
+    let modules = std::fs::read_dir(tree.join("usr/lib/modules"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten().map(|e| e.path()));
+    boot.chain(modules)
+        .find(|p| is_image(p))
+        .ok_or_else(|| anyhow!("no boot/vmlinuz-* or usr/lib/modules/*/vmlinuz* in {}", tree.display()))
 }
 
 pub struct Parsed {

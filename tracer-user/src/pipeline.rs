@@ -1,0 +1,100 @@
+//! Events from the ring buffer into the model and the trace file, in one order that a replay
+//! reproduces exactly, with the kernel's silent misses marked where they may have happened.
+//!
+//! The kernel skips a hook hit without a trace when the same program is already running on
+//! that CPU (BPF recursion protection): since tracepoint probes became preemptible, a task
+//! preempted inside our program makes other tasks' hits there vanish. The count is only
+//! readable from userspace (`bpf_prog_info.recursion_misses`), so each pump reads it *before*
+//! draining, and the model runs one drain behind: a miss seen at pump k happened after the read
+//! of pump k-1, so a marker placed before the batch drained at pump k-1 precedes every event
+//! that could come after the miss.
+
+use std::{fs::File, io::BufWriter, io::Write as _};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    event::Event,
+    model::{Model, Verdict},
+    trace::TraceWriter,
+};
+
+pub struct Pipeline {
+    pub model: Model,
+    writer: Option<TraceWriter<BufWriter<File>>>,
+    /// The previous drain, applied at the next pump.
+    held: Vec<Event>,
+    /// Recursion misses already marked in the stream.
+    missed_marked: u64,
+    found: Vec<Verdict>,
+    pub verdicts: u64,
+    pub events: u64,
+    pub decode_errors: u64,
+}
+
+impl Pipeline {
+    pub fn new(writer: Option<TraceWriter<BufWriter<File>>>) -> Self {
+        Pipeline {
+            model: Model::new(),
+            writer,
+            held: Vec::new(),
+            missed_marked: 0,
+            found: Vec::new(),
+            verdicts: 0,
+            events: 0,
+            decode_errors: 0,
+        }
+    }
+
+    /// One step: `missed_now` must have been read before this call drains the ring.
+    pub fn pump(&mut self, ring: &mut RingBuf<MapData>, missed_now: u64) -> Result<()> {
+        let mut fresh = Vec::new();
+        while let Some(item) = ring.next() {
+            match Event::decode(&item) {
+                Ok(ev) => fresh.push(ev),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    log::error!("{e}");
+                }
+            }
+        }
+        let batch = std::mem::replace(&mut self.held, fresh);
+        let marker = (missed_now > self.missed_marked).then(|| {
+            let m = Event::missed(missed_now - self.missed_marked, batch.first());
+            self.missed_marked = missed_now;
+            m
+        });
+        for ev in marker.iter().chain(batch.iter()) {
+            self.apply(ev)?;
+        }
+        // One flush per pump: a SIGKILL loses at most the line being written.
+        if let Some(w) = self.writer.as_mut() {
+            w.flush().context("flushing the trace file")?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, ev: &Event) -> Result<()> {
+        if !matches!(ev.what, crate::event::What::Missed { .. }) {
+            self.events += 1;
+        }
+        self.model.apply(ev, &mut self.found);
+        if let Some(w) = self.writer.as_mut() {
+            w.event(ev).context("writing the trace file")?;
+        }
+        let mut stdout = std::io::stdout().lock();
+        for v in self.found.drain(..) {
+            self.verdicts += 1;
+            let _ = writeln!(stdout, "{v}");
+        }
+        Ok(())
+    }
+
+    /// After the flow has stopped: everything left in the ring and held, then the writer.
+    pub fn finish(mut self, ring: &mut RingBuf<MapData>, missed_now: u64) -> Result<(Model, Option<TraceWriter<BufWriter<File>>>, u64, u64, u64)> {
+        self.pump(ring, missed_now)?;
+        self.pump(ring, missed_now)?;
+        Ok((self.model, self.writer, self.verdicts, self.events, self.decode_errors))
+    }
+}
