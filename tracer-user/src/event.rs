@@ -55,9 +55,13 @@ pub enum What {
     /// `sched_process_exit`: this thread is exiting.
     TaskExit,
     /// Not a kernel event: the kernel skipped `count` hook hits (BPF recursion protection, when
-    /// a task was preempted inside one of our programs) somewhere before this point. Written by
-    /// the live run into the stream so a replay forgets state at the same place.
-    Missed { count: u64 },
+    /// a task was preempted inside one of our programs) somewhere within the next `span` events.
+    /// Written by the live run into the stream so a replay is blind over the same stretch.
+    Missed {
+        count: u64,
+        #[serde(default)]
+        span: u64,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -109,8 +113,8 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Event {
-    /// The marker for `count` hook hits the kernel skipped before this point in the stream.
-    pub fn missed(count: u64, after: Option<&Event>) -> Event {
+    /// The marker for `count` hook hits the kernel skipped somewhere in the next `span` events.
+    pub fn missed(count: u64, span: u64, after: Option<&Event>) -> Event {
         Event {
             ts_ns: after.map_or(0, |e| e.ts_ns),
             cpu: 0,
@@ -120,7 +124,7 @@ impl Event {
             task_new: false,
             lost_before: 0,
             loss_epoch: after.map_or(0, |e| e.loss_epoch),
-            what: What::Missed { count },
+            what: What::Missed { count, span },
         }
     }
 

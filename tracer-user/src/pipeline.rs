@@ -59,9 +59,20 @@ impl Pipeline {
                 }
             }
         }
+        log::debug!(
+            "pump: missed {missed_now} (marked {}), drained {} events ts {:?}..{:?}, applying {} held",
+            self.missed_marked,
+            fresh.len(),
+            fresh.first().map(|e| e.ts_ns),
+            fresh.last().map(|e| e.ts_ns),
+            self.held.len()
+        );
         let batch = std::mem::replace(&mut self.held, fresh);
+        // The new misses happened after the previous read, so somewhere in `batch` (drained
+        // since) or in the fresh drain now held: the marker covers both.
         let marker = (missed_now > self.missed_marked).then(|| {
-            let m = Event::missed(missed_now - self.missed_marked, batch.first());
+            let span = (batch.len() + self.held.len()) as u64;
+            let m = Event::missed(missed_now - self.missed_marked, span, batch.first());
             self.missed_marked = missed_now;
             m
         });

@@ -100,9 +100,11 @@ fn record_of_a_multithreaded_child_is_complete_and_balanced() {
     assert!(evs.iter().all(|e| e["task_new"] == true), "the -c child started after attach: every task is new");
 
     let count = |kind: &str, write: bool| evs.iter().filter(|e| e["kind"] == kind && e["write"] == write).count();
-    // 4 threads × 150 iterations each mmap (write), mprotect (write) and munmap (write).
-    assert!(count("mmap_lock_acquired", true) >= 3 * 4 * 150, "too few write acquisitions");
-    assert!(count("mmap_lock_start", true) >= 3 * 4 * 150, "record sends start_locking too");
+    // 4 threads × 150 iterations each mmap (write), mprotect (write) and munmap (write); hits
+    // the kernel skipped (reported, and marked in the stream) are the only allowed shortfall.
+    let missed = missed as usize;
+    assert!(count("mmap_lock_acquired", true) + missed >= 3 * 4 * 150, "too few write acquisitions");
+    assert!(count("mmap_lock_start", true) + missed >= 3 * 4 * 150, "record sends start_locking too");
     assert!(count("mmap_lock_released", false) > 0);
     let threads: std::collections::HashSet<_> = evs.iter().map(|e| e["tid"].as_u64().unwrap()).collect();
     assert!(threads.len() >= 5, "main thread and 4 workers, got {threads:?}");

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::event::{Event, kind_name};
+use crate::event::{Event, What, kind_name};
 pub use mmap_lock::Mode;
 pub use rules::{RULES, Rule, rule};
 pub use verdict::{TaskRef, Verdict};
@@ -25,6 +25,8 @@ pub struct Stats {
     pub lost_events: u64,
     /// Hook hits the kernel skipped (BPF recursion protection), from `Missed` markers.
     pub missed_events: u64,
+    /// Verdicts not reported because they fell in a stretch with skipped hook hits.
+    pub suppressed_verdicts: u64,
     /// Times all per-task state was forgotten because of lost or missed events.
     pub resyncs: u64,
     /// Read releases credited to another task's hold (mmap_read_unlock_non_owner).
@@ -43,6 +45,9 @@ pub struct Stats {
 pub struct Model {
     mmap_locks: mmap_lock::MmapLocks,
     stats: Stats,
+    /// Events left in a stretch where the kernel skipped hook hits (see `What::Missed`): state
+    /// is rebuilt there but nothing is judged, and it is forgotten again at the end.
+    blind: u64,
 }
 
 impl Model {
@@ -53,8 +58,24 @@ impl Model {
     /// Judges one event, appending any verdicts it proves to `out`.
     pub fn apply(&mut self, ev: &Event, out: &mut Vec<Verdict>) {
         *self.stats.events.entry(kind_name(ev.kind())).or_default() += 1;
+        if let What::Missed { count, span } = ev.what {
+            // The skipped hits lie somewhere in the next `span` events: forget now, judge
+            // nothing until the stretch ends, then forget what was learned inside it.
+            self.stats.missed_events += count;
+            self.mmap_locks.resync(&mut self.stats);
+            self.blind = span;
+            return;
+        }
         let first_new = out.len();
         self.mmap_locks.apply(ev, &mut self.stats, out);
+        if self.blind > 0 {
+            self.stats.suppressed_verdicts += (out.len() - first_new) as u64;
+            out.truncate(first_new);
+            self.blind -= 1;
+            if self.blind == 0 {
+                self.mmap_locks.resync(&mut self.stats);
+            }
+        }
         for v in &out[first_new..] {
             *self.stats.verdicts.entry(v.rule).or_default() += 1;
         }
@@ -82,6 +103,7 @@ impl Model {
         Model {
             mmap_locks: mmap_lock::MmapLocks::with_max_tasks(max_tasks),
             stats: Stats::default(),
+            blind: 0,
         }
     }
 }

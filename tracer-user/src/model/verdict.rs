@@ -146,7 +146,7 @@ impl fmt::Display for EventLine<'_> {
                 )
             }
             What::TaskExit => Ok(()),
-            What::Missed { count } => write!(f, " {count} hook hits skipped by the kernel"),
+            What::Missed { count, span } => write!(f, " {count} hook hits skipped by the kernel within the next {span} events"),
         }
     }
 }
