@@ -18,12 +18,25 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Independent of the model: replays one task's events with a plain stack per mm and returns
-/// the first imbalance, so a bug in the model cannot hide one here.
+/// the first imbalance, so a bug in the model cannot hide one here. A `missed` marker says the
+/// kernel skipped hits somewhere in the next `span` events: forget everything, judge nothing
+/// in the span, forget again after it, and judge a release only once its pair was seen whole.
 fn imbalance(events: &[&Value]) -> Option<String> {
     let mut held: HashMap<(u64, String), Vec<bool>> = HashMap::new();
-    let mut reset_after_miss = false;
+    let mut trusted_from_start = true;
     let mut seen_acquire: std::collections::HashSet<(u64, String)> = Default::default();
+    let mut blind = 0u64;
     for e in events {
+        if e["kind"] == "missed" {
+            held.clear();
+            seen_acquire.clear();
+            trusted_from_start = false;
+            blind = e["span"].as_u64().unwrap_or(0);
+            continue;
+        }
+        let judging = blind == 0;
+        blind = blind.saturating_sub(1);
+        let reset_now = !judging && blind == 0;
         let tid = e["tid"].as_u64().unwrap();
         let mm = e["mm"].as_str().unwrap_or("").to_string();
         let stack = held.entry((tid, mm.clone())).or_default();
@@ -38,23 +51,21 @@ fn imbalance(events: &[&Value]) -> Option<String> {
                 }
             }
             "mmap_lock_released" => {
-                let judged = !reset_after_miss || seen_acquire.contains(&(tid, mm.clone()));
-                if stack.pop() != Some(e["write"] == true) && judged {
+                let whole = trusted_from_start || seen_acquire.contains(&(tid, mm.clone()));
+                if stack.pop() != Some(e["write"] == true) && whole && judging {
                     return Some(format!("unmatched release {e}"));
                 }
             }
             "task_exit" => {
-                if held.iter().any(|((t, _), s)| *t == tid && !s.is_empty()) {
+                if judging && held.iter().any(|((t, _), s)| *t == tid && !s.is_empty()) {
                     return Some(format!("task {tid} exited holding"));
                 }
             }
-            // The kernel skipped hits before this point: nothing held so far can be trusted,
-            // and tasks whose state is unknown are only judged again once rebuilt.
-            "missed" => {
-                held.clear();
-                reset_after_miss = true;
-            }
             _ => {}
+        }
+        if reset_now {
+            held.clear();
+            seen_acquire.clear();
         }
     }
     None
