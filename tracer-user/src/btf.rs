@@ -53,7 +53,7 @@ impl KernelBtf {
                 None => return Ok(None),
             }
         }
-        if offset_bits % 8 != 0 {
+        if !offset_bits.is_multiple_of(8) {
             bail!("{name}.{path} is a bitfield (bit offset {offset_bits}); vmalock reads whole bytes");
         }
         Ok(Some(offset_bits / 8))

@@ -90,11 +90,10 @@ pub fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         if let Some(ProgramError::LoadError { io_error, .. }) = err.downcast_ref::<ProgramError>() {
             return io_error.raw_os_error();
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(n) = io.raw_os_error() {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(n) = io.raw_os_error() {
                 return Some(n);
             }
-        }
         cur = err.source();
     }
     None

@@ -93,11 +93,10 @@ fn create_output(path: &PathBuf) -> Result<BufWriter<File>> {
 
 pub async fn run(opts: RunOptions) -> Result<Summary> {
     loader::preflight()?;
-    if let Some(pid) = opts.pid {
-        if !child::process_alive(pid) {
+    if let Some(pid) = opts.pid
+        && !child::process_alive(pid) {
             anyhow::bail!("-p {pid}: no such process");
         }
-    }
     let out = opts.output.as_ref().map(create_output).transpose()?;
     let kbtf = KernelBtf::open()?;
     let mut tracer = Tracer::load(&Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint }, &kbtf)?;
@@ -196,7 +195,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
 
     // Stop the flow, then take what is already in the ring: nothing recorded is dropped.
     tracer.pause()?;
-    let (model, mut writer, verdicts, events, decode_errors) = pipe.finish(ring.get_mut(), tracer.missed()?)?;
+    let mut writer = pipe.finish(ring.get_mut(), tracer.missed()?)?;
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
     }
@@ -225,12 +224,12 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         stop_reason: stop.describe(),
         duration_ns,
         seen: counters.seen.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (kind_name(k as u16), *n)).collect(),
-        stats: model.stats().clone(),
+        stats: pipe.model.stats().clone(),
         lost_per_cpu: counters.lost_per_cpu,
         missed: counters.missed,
-        decode_errors,
-        events_received: events,
-        verdicts: verdicts as usize,
+        decode_errors: pipe.decode_errors,
+        events_received: pipe.events,
+        verdicts: pipe.verdicts as usize,
         attached,
     })
 }

@@ -102,10 +102,11 @@ impl Pipeline {
         Ok(())
     }
 
-    /// After the flow has stopped: everything left in the ring and held, then the writer.
-    pub fn finish(mut self, ring: &mut RingBuf<MapData>, missed_now: u64) -> Result<(Model, Option<TraceWriter<BufWriter<File>>>, u64, u64, u64)> {
+    /// After the flow has stopped: applies everything left in the ring and held back, and
+    /// hands over the trace writer for its footer.
+    pub fn finish(&mut self, ring: &mut RingBuf<MapData>, missed_now: u64) -> Result<Option<TraceWriter<BufWriter<File>>>> {
         self.pump(ring, missed_now)?;
         self.pump(ring, missed_now)?;
-        Ok((self.model, self.writer, self.verdicts, self.events, self.decode_errors))
+        Ok(self.writer.take())
     }
 }

@@ -56,11 +56,10 @@ fn imbalance(events: &[&Value]) -> Option<String> {
                     return Some(format!("unmatched release {e}"));
                 }
             }
-            "task_exit" => {
-                if judging && held.iter().any(|((t, _), s)| *t == tid && !s.is_empty()) {
+            "task_exit"
+                if judging && held.iter().any(|((t, _), s)| *t == tid && !s.is_empty()) => {
                     return Some(format!("task {tid} exited holding"));
                 }
-            }
             _ => {}
         }
         if reset_now {
@@ -300,13 +299,15 @@ fn probe_reports_this_kernels_hook_families() {
 
 #[test]
 fn not_root_gets_one_sentence_naming_the_fix() {
-    // Needs root to drop privileges with setpriv; the vmalock binary must be reachable by nobody.
-    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
+    // Needs root to drop privileges with setpriv (util-linux, or busybox's applet in guests);
+    // the vmalock binary must be reachable by nobody.
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let (true, Some(setpriv)) = (unsafe { libc::geteuid() } == 0, setpriv) else {
         skip("not_root_gets_one_sentence_naming_the_fix", "needs root and setpriv to run vmalock as nobody");
         return;
-    }
+    };
     for args in [&["run", "-d", "1"][..], &["probe"][..]] {
-        let out = std::process::Command::new("setpriv")
+        let out = std::process::Command::new(setpriv)
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", vmalock()])
             .args(args)
             .output()

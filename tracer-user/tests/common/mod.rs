@@ -25,11 +25,10 @@ pub fn workload() -> &'static str {
 /// counts it as skipped rather than passed.
 pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
-    if let Ok(path) = std::env::var("VMALOCK_SKIP_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(path) = std::env::var("VMALOCK_SKIP_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             let _ = writeln!(f, "{test}: {why}");
         }
-    }
 }
 
 /// True when this test can load eBPF programs; otherwise records a skip saying why.
