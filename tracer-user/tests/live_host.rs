@@ -299,9 +299,9 @@ fn probe_reports_this_kernels_hook_families() {
 
 #[test]
 fn not_root_gets_one_sentence_naming_the_fix() {
-    // Needs root to drop privileges with setpriv (util-linux, or busybox's applet in guests);
-    // the vmalock binary must be reachable by nobody.
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists());
+    // Needs root to drop privileges with util-linux's setpriv (busybox's applet in the test
+    // guests has no --reuid); the vmalock binary must be reachable by nobody.
+    let setpriv = ["/usr/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists());
     let (true, Some(setpriv)) = (unsafe { libc::geteuid() } == 0, setpriv) else {
         skip("not_root_gets_one_sentence_naming_the_fix", "needs root and setpriv to run vmalock as nobody");
         return;

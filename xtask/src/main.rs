@@ -68,6 +68,8 @@ enum VmCmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Build a test kernel from a recipe in vm-images/recipes (e.g. debug-6.12), cached.
+    Build { name: String },
     /// List the test kernels in vm-images/kernels.toml.
     List,
 }
@@ -88,6 +90,7 @@ fn main() {
         }),
         Cmd::Vm { cmd: VmCmd::Run { kernel, timeout, command } } => setup::ensure_all()
             .and_then(|()| vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout))),
+        Cmd::Vm { cmd: VmCmd::Build { name } } => vm::build_kernel(&name),
         Cmd::Vm { cmd: VmCmd::List } => vm::list(),
     };
     if let Err(e) = result {

@@ -76,7 +76,7 @@ fn nightly_llvm() -> Result<(PathBuf, String)> {
 /// bpf-linker is usable when it runs, is 0.13, and its libLLVM resolves to the nightly's own.
 fn bpf_linker_ok(llvm_name: &str) -> Result<(), String> {
     let bin = cmd::cargo_home().join("bin/bpf-linker");
-    let version = cmd::output(&mut Command::new(&bin).arg("--version")).ok_or("not installed (or does not start)")?;
+    let version = cmd::output(Command::new(&bin).arg("--version")).ok_or("not installed (or does not start)")?;
     if !version.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
         return Err(format!("{} is installed; want {BPF_LINKER_VERSION}", version.trim()));
     }

@@ -87,7 +87,7 @@ mod tests {
         assert!(text.ends_with("TRAILER!!!\0\0\0\0") || text.contains("TRAILER!!!\0"));
         // The file entry's size field (7th) is the data length.
         let i = text.find("init\0").unwrap();
-        let hdr = &text[i - 110 + 0..i];
+        let hdr = &text[i - 110..i];
         assert_eq!(u32::from_str_radix(&hdr[54..62], 16).unwrap(), 10);
     }
 }

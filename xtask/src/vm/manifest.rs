@@ -9,8 +9,13 @@ use serde::Deserialize;
 pub struct Kernel {
     pub name: String,
     pub suite: String,
-    /// Regex over package names; capture group 1 is `{v}`.
+    /// Regex over package names; capture group 1 is `{v}`. Empty for a kernel built here.
+    #[serde(default)]
     pub image: String,
+    /// A recipe in vm-images/recipes: the kernel is built here by `cargo xtask vm build NAME`,
+    /// not downloaded (and never built implicitly by `vm test`).
+    #[serde(default)]
+    pub build: Option<String>,
     /// Packages for building the test module (`{v}` substituted); empty: no module here.
     #[serde(default)]
     pub headers: Vec<String>,
@@ -30,7 +35,19 @@ pub fn load(root: &Path) -> Result<Vec<Kernel>> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let m: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     for k in &m.kernel {
-        regex::Regex::new(&k.image).with_context(|| format!("{}: bad image regex", k.name))?;
+        match (&k.build, k.image.is_empty()) {
+            (Some(_), false) => bail!("{}: give either `image` or `build`, not both", k.name),
+            (None, true) => bail!("{}: needs `image` (a Debian package) or `build` (a recipe)", k.name),
+            (Some(r), true) => {
+                let recipe = root.join("vm-images/recipes").join(format!("{r}.toml"));
+                if !recipe.exists() {
+                    bail!("{}: no recipe {}", k.name, recipe.display());
+                }
+            }
+            (None, false) => {
+                regex::Regex::new(&k.image).with_context(|| format!("{}: bad image regex", k.name))?;
+            }
+        }
     }
     Ok(m.kernel)
 }
@@ -65,6 +82,9 @@ mod tests {
         assert!(all.iter().any(|k| k.name == "debian-6.12"));
         assert!(select(&all, &["nope".into()]).unwrap_err().to_string().contains("debian-6.12"));
         assert_eq!(select(&all, &["debian-6.12".into()]).unwrap().len(), 1);
+        let debug = all.iter().find(|k| k.name == "debug-6.12").unwrap();
+        assert_eq!(debug.build.as_deref(), Some("debug-6.12"));
+        assert!(debug.image.is_empty());
     }
 
     #[test]

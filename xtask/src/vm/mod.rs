@@ -3,6 +3,7 @@
 //! a hang or a missing result line is a failure that shows the end of the serial log.
 
 mod apt;
+mod build;
 mod guest;
 mod initramfs;
 mod manifest;
@@ -71,8 +72,9 @@ pub fn run_command(name: &str, command: &str, timeout: Duration) -> Result<()> {
     ensure_host_tools(&apt)?;
     let mut bins = guest::build()?;
     bins.trigger = Some(module::trigger(&cache)?);
-    let (vmlinuz, v) = fetch_kernel(&k, &apt, &cache)?;
-    let module = if k.headers.is_empty() { None } else { module::build(&k, &v, &apt, &cache).map_err(|e| println!("vm: no test module: {e:#}")).ok() };
+    let ready = prepare(&k, &apt, &cache)?;
+    let module = ready.module.and_then(|m| m.map_err(|e| println!("vm: no test module: {e:#}")).ok());
+    let vmlinuz = ready.vmlinuz;
     let initrd = cache.join("run").join(format!("{}-run.cpio", k.name));
     std::fs::create_dir_all(initrd.parent().unwrap())?;
     guest::initramfs(&bins, module.as_deref(), Some(command), &initrd)?;
@@ -96,6 +98,30 @@ pub fn run_command(name: &str, command: &str, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// A kernel ready to boot, and its test module (None: no module for this kernel).
+struct Ready {
+    vmlinuz: PathBuf,
+    version: String,
+    module: Option<Result<PathBuf>>,
+}
+
+fn not_built(recipe: &str) -> String {
+    format!("not built (run cargo xtask vm build {recipe})")
+}
+
+/// A Debian kernel is downloaded (cached); a kernel with a recipe must have been built by
+/// `cargo xtask vm build` already: it is never built here.
+fn prepare(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path) -> Result<Ready> {
+    if let Some(recipe) = &k.build {
+        let b = build::find(recipe, cache)?.ok_or_else(|| anyhow!("{}: {}", k.name, not_built(recipe)))?;
+        let module = Some(module::build_in_tree(&k.name, &b.tree, &b.key, cache));
+        return Ok(Ready { vmlinuz: b.bzimage, version: b.release, module });
+    }
+    let (vmlinuz, version) = fetch_kernel(k, apt, cache)?;
+    let module = (!k.headers.is_empty()).then(|| module::build(k, &version, apt, cache));
+    Ok(Ready { vmlinuz, version, module })
+}
+
 fn fetch_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path) -> Result<(PathBuf, String)> {
     let re = regex::Regex::new(&k.image)?;
     let (pkg, v) = apt
@@ -114,6 +140,7 @@ pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
     let kernels = manifest::select(&manifest::load(&root)?, names)?;
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let unbuilt = unbuilt(&kernels, !names.is_empty(), |recipe| Ok(build::find(recipe, &cache)?.is_some()))?;
     let apt = apt::Apt::new(&cache)?;
     apt.update_if_stale()?;
     ensure_host_tools(&apt)?;
@@ -124,6 +151,12 @@ pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
 
     let mut runs = Vec::new();
     for k in &kernels {
+        if unbuilt.contains(&k.name) {
+            let why = not_built(k.build.as_deref().unwrap_or(&k.name));
+            println!("vm: skipping {}: {why}", k.name);
+            runs.push(KernelRun { kernel: k.name.clone(), release: String::new(), results: vec![("boot".into(), Status::Skip(why))] });
+            continue;
+        }
         runs.push(run_kernel(k, &apt, &cache, &bins, &reports, timeout)?);
     }
     print_table(&runs);
@@ -131,22 +164,39 @@ pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
     Ok(runs)
 }
 
+/// Kernels built here are never built by `vm test`: the names of those not built yet, to be
+/// skipped in a run over all kernels (as in CI); when kernels were named, an unbuilt one is an
+/// error telling the user to build it.
+fn unbuilt(kernels: &[manifest::Kernel], named: bool, is_built: impl Fn(&str) -> Result<bool>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for k in kernels {
+        if let Some(recipe) = &k.build
+            && !is_built(recipe)?
+        {
+            if named {
+                anyhow::bail!("{} is built locally and is not built yet: run `cargo xtask vm build {recipe}` first", k.name);
+            }
+            out.push(k.name.clone());
+        }
+    }
+    Ok(out)
+}
+
 fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::GuestBins, reports: &Path, timeout: Duration) -> Result<KernelRun> {
-    let (vmlinuz, v) = fetch_kernel(k, apt, cache)?;
+    let Ready { vmlinuz, version: v, module } = prepare(k, apt, cache)?;
     let mut results = Vec::new();
-    let module = if k.headers.is_empty() {
-        results.push(("module::build".to_string(), Status::Skip("no buildable headers for this kernel here (see vm-images/kernels.toml)".into())));
-        None
-    } else {
-        match module::build(k, &v, apt, cache) {
-            Ok(ko) => {
-                results.push(("module::build".to_string(), Status::Pass));
-                Some(ko)
-            }
-            Err(e) => {
-                results.push(("module::build".to_string(), Status::Fail(format!("{e:#}"))));
-                None
-            }
+    let module = match module {
+        None => {
+            results.push(("module::build".to_string(), Status::Skip("no buildable headers for this kernel here (see vm-images/kernels.toml)".into())));
+            None
+        }
+        Some(Ok(ko)) => {
+            results.push(("module::build".to_string(), Status::Pass));
+            Some(ko)
+        }
+        Some(Err(e)) => {
+            results.push(("module::build".to_string(), Status::Fail(format!("{e:#}"))));
+            None
         }
     };
     let initrd = cache.join("run").join(format!("{}.cpio", k.name));
@@ -334,6 +384,15 @@ fn write_report(runs: &[KernelRun], dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask vm build NAME`.
+pub fn build_kernel(name: &str) -> Result<()> {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let apt = apt::Apt::new(&cache)?;
+    apt.update_if_stale()?;
+    build::build(name, &apt, &cache).map(|_| ())
+}
+
 pub fn list() -> Result<()> {
     for k in manifest::load(&cmd::workspace_root())? {
         println!("{:<14} {:<18} {}", k.name, k.suite, k.about);
@@ -375,6 +434,17 @@ mod tests {
         assert_eq!(get("live_host::b"), Status::Skip("needs root".into()));
         assert!(matches!(get("live_host::c"), Status::Fail(_)));
         assert!(!p.results.iter().any(|(t, _)| t == "summary"));
+    }
+
+    #[test]
+    fn unbuilt_local_kernels_are_skipped_unless_named() {
+        let all = manifest::load(&cmd::workspace_root()).unwrap();
+        assert_eq!(unbuilt(&all, false, |_| Ok(false)).unwrap(), vec!["debug-6.12".to_string()]);
+        assert!(unbuilt(&all, false, |_| Ok(true)).unwrap().is_empty());
+        let named = manifest::select(&all, &["debug-6.12".into()]).unwrap();
+        let e = unbuilt(&named, true, |_| Ok(false)).unwrap_err().to_string();
+        assert!(e.contains("cargo xtask vm build debug-6.12"), "{e}");
+        assert!(not_built("debug-6.12").contains("run cargo xtask vm build debug-6.12"));
     }
 
     #[test]

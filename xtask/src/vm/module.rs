@@ -1,5 +1,5 @@
-//! Builds vm-images/module (the rule-breaking test module) against a kernel's Debian headers,
-//! and the static `vmalock-trigger` helper that runs its modes in the guest.
+//! Builds vm-images/module (the rule-breaking test module) against a kernel's Debian headers
+//! (or, for a kernel built by `vm build`, against its prepared source tree), and the static `vmalock-trigger` helper that runs its modes in the guest.
 //!
 //! The headers, common headers and kbuild packages are extracted into one root, where the
 //! headers' relative symlinks into the kbuild tree resolve; only the Makefile's absolute
@@ -46,7 +46,8 @@ fn ensure_build_tools(apt: &Apt) -> Result<()> {
 }
 
 pub fn build(k: &Kernel, v: &str, apt: &Apt, cache: &Path) -> Result<PathBuf> {
-    let out = cache.join("modules").join(v).join(format!("vmalock_test-{}.ko", source_hash()?));
+    let out_dir = cache.join("modules").join(v);
+    let out = out_dir.join(format!("vmalock_test-{}.ko", source_hash()?));
     if out.exists() {
         return Ok(out);
     }
@@ -56,7 +57,24 @@ pub fn build(k: &Kernel, v: &str, apt: &Apt, cache: &Path) -> Result<PathBuf> {
     if !kdir.is_dir() {
         bail!("{}: headers extracted, but {} is missing", k.name, kdir.display());
     }
-    let build = cache.join("modules").join(v).join(format!("build-{}", std::process::id()));
+    make(&k.name, &kdir, &out_dir)
+}
+
+/// The module for a kernel built here (`vm build`): its prepared source tree is the "headers".
+/// `key` names the build (source version and recipe hash), so a rebuilt kernel rebuilds it.
+pub fn build_in_tree(name: &str, tree: &Path, key: &str, cache: &Path) -> Result<PathBuf> {
+    let out_dir = cache.join("modules").join(format!("{name}-{key}"));
+    let out = out_dir.join(format!("vmalock_test-{}.ko", source_hash()?));
+    if out.exists() {
+        return Ok(out);
+    }
+    make(name, tree, &out_dir)
+}
+
+/// `make -C kdir M=... modules` in a fresh directory; the .ko lands in `out_dir`.
+fn make(name: &str, kdir: &Path, out_dir: &Path) -> Result<PathBuf> {
+    let out = out_dir.join(format!("vmalock_test-{}.ko", source_hash()?));
+    let build = out_dir.join(format!("build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&build);
     std::fs::create_dir_all(&build)?;
     for f in SOURCES {
@@ -65,14 +83,14 @@ pub fn build(k: &Kernel, v: &str, apt: &Apt, cache: &Path) -> Result<PathBuf> {
     let log = build.join("make.log");
     let output = Command::new("make")
         .arg("-C")
-        .arg(&kdir)
+        .arg(kdir)
         .arg(format!("M={}", build.display()))
         .arg("modules")
         .output()
         .context("running make")?;
     std::fs::write(&log, [output.stdout.as_slice(), output.stderr.as_slice()].concat())?;
     if !output.status.success() {
-        bail!("building the test module for {} failed; the make log is {}", k.name, log.display());
+        bail!("building the test module for {name} failed; the make log is {}", log.display());
     }
     std::fs::rename(build.join("vmalock_test.ko"), &out)?;
     let _ = std::fs::remove_dir_all(&build);
