@@ -63,15 +63,23 @@ fn ensure_host_tools(apt: &apt::Apt) -> Result<()> {
 
 /// `cargo xtask vm run --kernel K -- CMD`: boots K with the usual initramfs (module loaded)
 /// and runs CMD in a shell instead of the suite, printing what it prints.
+/// What every boot needs first: the private package lists, QEMU and busybox on the host, and
+/// the static guest binaries (with the test module's trigger helper).
+fn setup(cache: &Path) -> Result<(apt::Apt, guest::GuestBins)> {
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let apt = apt::Apt::new(cache)?;
+    apt.update_if_stale()?;
+    ensure_host_tools(&apt)?;
+    let mut bins = guest::build()?;
+    bins.trigger = Some(module::trigger(cache)?);
+    Ok((apt, bins))
+}
+
 pub fn run_command(name: &str, command: &str, timeout: Duration) -> Result<()> {
     let root = cmd::workspace_root();
     let k = manifest::select(&manifest::load(&root)?, &[name.to_string()])?.remove(0);
     let cache = cache_dir();
-    let apt = apt::Apt::new(&cache)?;
-    apt.update_if_stale()?;
-    ensure_host_tools(&apt)?;
-    let mut bins = guest::build()?;
-    bins.trigger = Some(module::trigger(&cache)?);
+    let (apt, bins) = setup(&cache)?;
     let ready = prepare(&k, &apt, &cache)?;
     let module = ready.module.and_then(|m| m.map_err(|e| println!("vm: no test module: {e:#}")).ok());
     let vmlinuz = ready.vmlinuz;
@@ -141,11 +149,7 @@ pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let unbuilt = unbuilt(&kernels, !names.is_empty(), |recipe| Ok(build::find(recipe, &cache)?.is_some()))?;
-    let apt = apt::Apt::new(&cache)?;
-    apt.update_if_stale()?;
-    ensure_host_tools(&apt)?;
-    let mut bins = guest::build()?;
-    bins.trigger = Some(module::trigger(&cache)?);
+    let (apt, bins) = setup(&cache)?;
     let reports = report_dir();
     std::fs::create_dir_all(&reports)?;
 
