@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a struct below changes layout.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 /// Event kinds (`RawEvent::kind`).
 pub mod kind {
@@ -21,8 +21,98 @@ pub mod kind {
     /// Userspace-only: the kernel skipped hook hits (BPF recursion protection) somewhere
     /// before this point in the stream. Never sent by the eBPF side.
     pub const MISSED: u16 = 5;
+    /// `__vma_start_write(vma, …)` entry (6.13+): a VMA is being write-locked. `vma`.
+    pub const VMA_WRITE_LOCK: u16 = 6;
+    /// A page walk starts (walk_page_range, _mm, walk_page_vma, walk_page_range_vma,
+    /// walk_page_mapping): `args[0]` = `ops->walk_lock`, `args[1]` = [`super::site`];
+    /// `vma` for the VMA-based entries.
+    pub const PAGEWALK: u16 = 7;
+    /// The per-VMA step of a walk (`__walk_page_range`, after process_vma_walk_lock):
+    /// `vma` = `walk->vma`, `args[0]` = `walk->ops->walk_lock`.
+    pub const PAGEWALK_VMA: u16 = 8;
+    /// `vma_prepare(vp)` entry: `vma` = `vp->vma`; `args[0]` = [`super::prepare_role`] bits of the
+    /// VMAs in `vp` that are not write-locked, `args[1]` = the first such VMA.
+    pub const VMA_PREPARE: u16 = 9;
+    /// A new VMA was inserted (exit of vma_link / _install_special_mapping): `vma`,
+    /// `args[0]` = [`super::site`].
+    pub const VMA_NEW: u16 = 10;
+    /// A VMA seen by the periodic iter/task_vma snapshot whose state tells something: `vma`,
+    /// `args[0]` = vm_start, `args[1]` = [`super::snap`] bits, `args[2]` = the vm_flags bits
+    /// that changed since the previous snapshot.
+    pub const VMA_SNAPSHOT: u16 = 11;
     /// One past the largest kind; sizes the per-kind counters.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 12;
+}
+
+/// Which function a page walk or new-VMA event came from (`RawEvent::args[1]` of PAGEWALK,
+/// `args[0]` of VMA_NEW).
+pub mod site {
+    pub const WALK_PAGE_RANGE: u64 = 1;
+    pub const WALK_PAGE_RANGE_MM: u64 = 2;
+    pub const WALK_PAGE_VMA: u64 = 3;
+    pub const WALK_PAGE_RANGE_VMA: u64 = 4;
+    pub const WALK_PAGE_MAPPING: u64 = 5;
+    pub const WALK_PAGE_RANGE_MM_UNSAFE: u64 = 6;
+    pub const WALK_PAGE_RANGE_VMA_UNSAFE: u64 = 7;
+    pub const VMA_LINK: u64 = 16;
+    pub const INSTALL_SPECIAL_MAPPING: u64 = 17;
+}
+
+/// `RawEvent::args[0]` bits of VMA_PREPARE: which member of `struct vma_prepare` is not
+/// write-locked.
+pub mod prepare_role {
+    pub const VMA: u64 = 1 << 0;
+    pub const ADJ_NEXT: u64 = 1 << 1;
+    pub const REMOVE: u64 = 1 << 2;
+    pub const REMOVE2: u64 = 1 << 3;
+}
+
+/// Lock state read from kernel memory at the hook (`RawEvent::facts`). A fact is only
+/// meaningful when its `*_KNOWN` bit is set: a layout the loader could not resolve from BTF, or
+/// a failed read, leaves it unknown, and the model then does not judge on it.
+pub mod fact {
+    /// `mm->mmap_lock` (an rw_semaphore) was read.
+    pub const MMAP_KNOWN: u32 = 1 << 0;
+    /// Its count is non-zero: some task holds it, for read or write.
+    pub const MMAP_LOCKED: u32 = 1 << 1;
+    /// RWSEM_WRITER_LOCKED is set: some task holds it for write.
+    pub const MMAP_WRITE_LOCKED: u32 = 1 << 2;
+    /// ... and its owner is the current task.
+    pub const MMAP_WRITER_IS_CURRENT: u32 = 1 << 3;
+    /// The VMA's `vm_lock_seq` and its mm's `mm_lock_seq` were read.
+    pub const VMA_KNOWN: u32 = 1 << 4;
+    /// `vma->vm_lock_seq == mm->mm_lock_seq`: the VMA is write-locked (or was write-locked
+    /// outside an mmap write section and never released).
+    pub const VMA_WRITE_LOCKED: u32 = 1 << 5;
+    /// `vm_lock_seq == UINT_MAX`: never write-locked since it was allocated.
+    pub const VMA_SEQ_UNSET: u32 = 1 << 6;
+    /// `mm_lock_seq` is odd (seqcount kernels, 6.12 Debian and 6.13+): an mmap write section is
+    /// open in this mm.
+    pub const MM_SEQ_ODD: u32 = 1 << 7;
+    /// `mm_lock_seq` is a seqcount (parity is meaningful) on this kernel.
+    pub const MM_SEQCOUNT: u32 = 1 << 8;
+    /// Readers hold the VMA (vm_refcnt above its attached value, 6.15+; vm_lock rwsem count
+    /// on older kernels).
+    pub const VMA_READ_LOCKED: u32 = 1 << 9;
+    pub const VMA_READ_KNOWN: u32 = 1 << 10;
+    /// The current task holds a per-VMA read lock (lock_vma_under_rcu returned and was not
+    /// released yet); `vma` names it on MMAP_START.
+    pub const TASK_VMA_READ: u32 = 1 << 11;
+}
+
+/// `RawEvent::args[1]` bits of VMA_SNAPSHOT: what changed since this VMA's previous snapshot.
+pub mod snap {
+    /// First time this VMA (pointer, range) is seen.
+    pub const NEW: u64 = 1 << 0;
+    pub const FLAGS_CHANGED: u64 = 1 << 1;
+    pub const PAGE_PROT_CHANGED: u64 = 1 << 2;
+    pub const UFFD_CHANGED: u64 = 1 << 3;
+    pub const POLICY_CHANGED: u64 = 1 << 4;
+    /// vm_lock_seq moved since the previous snapshot.
+    pub const LOCK_SEQ_MOVED: u64 = 1 << 5;
+    /// The mm existed at the previous snapshot (a VMA new to an mm seen before was inserted
+    /// by this mm's own code, not copied by fork).
+    pub const MM_SEEN_BEFORE: u64 = 1 << 6;
 }
 
 /// Bits in `RawEvent::flags`.
@@ -49,8 +139,14 @@ pub struct RawEvent {
     pub ts_ns: u64,
     /// The `struct mm_struct *` the event is about (0 when the kind has none).
     pub mm: u64,
-    /// Kind-specific payload; unused by the mmap_lock kinds (room for VMA probes).
-    pub args: [u64; 2],
+    /// The `struct vm_area_struct *` the event is about (0 when the kind has none).
+    pub vma: u64,
+    /// Kind-specific payload (see [`kind`]).
+    pub args: [u64; 3],
+    /// Lock state read at the hook ([`fact`] bits).
+    pub facts: u32,
+    /// Kernel stack id in the `STACKS` map, or negative when none was taken.
+    pub stack_id: i32,
     /// Kernel task id (`pid` in kernel terms: one per thread).
     pub tid: u32,
     /// Thread-group id (`tgid`: the process id user space sees).
@@ -98,8 +194,16 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// Failed reserves not yet reported in an event's `lost_before` (per CPU).
     pub const LOST_PENDING: u32 = 1;
-    /// Hook invocations that passed the TGID filter, indexed by `2 + kind`.
-    pub const SEEN_BASE: u32 = 2;
+    /// Per-VMA read locks taken (lock_vma_under_rcu returned a VMA), aggregated in the kernel:
+    /// the page-fault path is too hot for an event each.
+    pub const VMA_READ_TAKEN: u32 = 2;
+    /// Per-VMA read locks released (vma_refcount_put, or the end of handle_mm_fault where
+    /// vma_end_read is inline).
+    pub const VMA_READ_DROPPED: u32 = 3;
+    /// VMAs of traced processes the snapshot compared with their previous state.
+    pub const SNAP_VISITED: u32 = 4;
+    /// Hook invocations that passed the TGID filter, indexed by `SEEN_BASE + kind`.
+    pub const SEEN_BASE: u32 = 5;
     pub const COUNT: u32 = SEEN_BASE + super::kind::COUNT as u32;
 }
 
@@ -121,6 +225,77 @@ pub mod tp_layout {
     pub const MEMCG_PATH: u32 = 2;
 }
 
+/// Kernel struct layouts, resolved by name from the running kernel's BTF by the loader and
+/// handed to the eBPF programs as one load-time global (`LAYOUT`). A layout group whose members
+/// are not all found has its `known` bit clear and the programs do not read it: the facts it
+/// would give stay unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// [`layout`] bits.
+    pub known: u32,
+    /// `task_struct.pid` and `.tgid` (snapshots name the VMA's owner, not the iterating task).
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    /// `task_struct.mm`: the snapshot skips VMAs not of the task's own mm (during fork the
+    /// child's tree briefly holds the parent's VMAs).
+    pub task_mm: u32,
+    /// vm_flags bits the kernel may legally change without the VMA write lock on this kernel
+    /// (VM_ATOMIC_SET_ALLOWED, 7.x): snapshots do not count them as changes.
+    pub vma_unlocked_flags: u64,
+    /// `mm_struct.mmap_lock` + `rw_semaphore.count` / `.owner`.
+    pub mm_mmap_lock: u32,
+    pub rwsem_count: u32,
+    pub rwsem_owner: u32,
+    /// `mm_struct.mm_lock_seq` (`.sequence` inside it when it is a seqcount).
+    pub mm_lock_seq: u32,
+    pub vma_mm: u32,
+    pub vma_start: u32,
+    pub vma_end: u32,
+    pub vma_lock_seq: u32,
+    /// `vm_area_struct.vm_refcnt` (6.15+).
+    pub vma_refcnt: u32,
+    /// `vm_area_struct.vm_lock` (a `struct vma_lock *`, 6.4-6.14) and the rwsem inside it.
+    pub vma_vm_lock: u32,
+    pub vma_lock_rwsem: u32,
+    pub vma_flags: u32,
+    pub vma_page_prot: u32,
+    pub vma_uffd_ctx: u32,
+    pub vma_policy: u32,
+    /// `mm_walk_ops.walk_lock`; `mm_walk.ops`, `.mm`, `.vma`.
+    pub ops_walk_lock: u32,
+    pub walk_ops: u32,
+    pub walk_mm: u32,
+    pub walk_vma: u32,
+    /// `vma_prepare.vma`, `.adj_next`, `.remove`, `.remove2`.
+    pub vp_vma: u32,
+    pub vp_adj_next: u32,
+    pub vp_remove: u32,
+    pub vp_remove2: u32,
+}
+
+/// Bits in `Layout::known`.
+pub mod layout {
+    pub const TASK: u32 = 1 << 0;
+    pub const MMAP_RWSEM: u32 = 1 << 1;
+    /// vm_lock_seq and mm_lock_seq: the kernel has per-VMA locks.
+    pub const VMA_SEQ: u32 = 1 << 2;
+    /// mm_lock_seq is a seqcount: odd inside an mmap write section.
+    pub const MM_SEQCOUNT: u32 = 1 << 3;
+    pub const VMA_REFCNT: u32 = 1 << 4;
+    pub const VMA_VM_LOCK: u32 = 1 << 5;
+    pub const VMA_BASICS: u32 = 1 << 6;
+    pub const VMA_PAGE_PROT: u32 = 1 << 7;
+    pub const VMA_UFFD: u32 = 1 << 8;
+    pub const VMA_POLICY: u32 = 1 << 9;
+    /// mm_walk_ops has walk_lock (6.5+).
+    pub const WALK: u32 = 1 << 10;
+    pub const VMA_PREPARE: u32 = 1 << 11;
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Layout {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RawEvent {}
 #[cfg(feature = "user")]
@@ -134,9 +309,10 @@ mod tests {
     fn raw_event_layout_is_stable() {
         // The eBPF side and userspace are compiled separately; a silent change here would make
         // every field decode as garbage.
-        assert_eq!(core::mem::size_of::<RawEvent>(), 72);
-        assert_eq!(core::mem::offset_of!(RawEvent, tid), 32);
-        assert_eq!(core::mem::offset_of!(RawEvent, kind), 48);
-        assert_eq!(core::mem::offset_of!(RawEvent, comm), 56);
+        assert_eq!(core::mem::size_of::<RawEvent>(), 96);
+        assert_eq!(core::mem::offset_of!(RawEvent, facts), 48);
+        assert_eq!(core::mem::offset_of!(RawEvent, tid), 56);
+        assert_eq!(core::mem::offset_of!(RawEvent, kind), 72);
+        assert_eq!(core::mem::offset_of!(RawEvent, comm), 80);
     }
 }

@@ -4,11 +4,12 @@ use aya_ebpf::{
     EbpfContext, Global,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf, StackTrace},
+    programs::tracing::StackIdContext,
 };
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_log_ebpf::warn;
-use tracer_common::{Config, RawEvent, TGID_ALL, counter, flag, kind_bit};
+use tracer_common::{Config, RawEvent, TGID_ALL, counter, fact, flag, kind_bit};
 
 /// Offset of `task_struct.start_time`, resolved by name from the running kernel's BTF and set
 /// by the loader. A load-time constant so the verifier sees a fixed offset.
@@ -67,9 +68,57 @@ fn current_task_is_new<C: EbpfContext>(ctx: &C, start_ns: u64) -> bool {
     }
 }
 
+/// The kind-specific part of an event.
+#[derive(Clone, Copy, Default)]
+pub struct Body {
+    pub mm: u64,
+    pub vma: u64,
+    pub args: [u64; 3],
+    pub facts: u32,
+    pub stack_id: i32,
+}
+
+/// Kernel stacks of the events that may prove a VMA rule broken (`RawEvent::stack_id`).
+/// Without BPF_F_REUSE_STACKID a hash collision gives no stack rather than a wrong one.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// The current kernel stack's id in STACKS, or -1.
+#[inline(always)]
+pub fn stack_id<C: StackIdContext>(ctx: &C) -> i32 {
+    ctx.get_stackid(&STACKS, 0).map(|id| id as i32).unwrap_or(-1)
+}
+
+/// The filter: true when the current task is traced (CONFIG's tgid).
+#[inline(always)]
+pub fn traced() -> bool {
+    let Some(cfg) = CONFIG.get(0) else { return false };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    cfg.tgid == TGID_ALL || cfg.tgid == tgid
+}
+
+/// The filter for another task's thread group.
+#[inline(always)]
+pub fn traced_tgid(tgid: u32) -> bool {
+    let Some(cfg) = CONFIG.get(0) else { return false };
+    cfg.tgid == TGID_ALL || cfg.tgid == tgid
+}
+
+/// Counts an aggregated occurrence (per CPU) without sending anything.
+#[inline(always)]
+pub fn count(index: u32) {
+    bump(index, 1);
+}
+
 /// Sends one event of `kind` about `mm` if the current task passes the filter.
 #[inline(always)]
-pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, mut flags: u16) {
+pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {
+    emit_body(ctx, kind, flags, &Body { mm, stack_id: -1, ..Default::default() });
+}
+
+/// Sends one event with a full body if the current task passes the filter.
+#[inline(always)]
+pub fn emit_body<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body) {
     let Some(cfg) = CONFIG.get(0) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -77,12 +126,35 @@ pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, mut flags: u16) {
         return;
     }
     bump(counter::SEEN_BASE + kind as u32, 1);
-    if cfg.send_mask & kind_bit(kind) == 0 {
+    // An mmap_lock attempt under a per-VMA read lock is what no-mmap-under-vma-read needs,
+    // whatever kinds are sent otherwise.
+    if cfg.send_mask & kind_bit(kind) == 0 && body.facts & fact::TASK_VMA_READ == 0 {
         return;
     }
     if current_task_is_new(ctx, cfg.start_ns) {
         flags |= flag::TASK_NEW;
     }
+    submit(kind, flags, body, pid_tgid as u32, tgid, bpf_get_current_comm().unwrap_or([0; 16]));
+}
+
+/// Sends an event about another task (the VMA snapshot names the VMA's owner); `tgid` is
+/// filtered like the current task's would be.
+#[inline(always)]
+pub fn emit_for(kind: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16]) {
+    let Some(cfg) = CONFIG.get(0) else { return };
+    if cfg.tgid != TGID_ALL && cfg.tgid != tgid {
+        return;
+    }
+    bump(counter::SEEN_BASE + kind as u32, 1);
+    if cfg.send_mask & kind_bit(kind) == 0 {
+        return;
+    }
+    submit(kind, 0, body, tid, tgid, comm);
+}
+
+#[inline(always)]
+fn submit(kind: u16, flags: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16]) {
+    let Some(cfg) = CONFIG.get(0) else { return };
     let epoch_ptr = LOSS_EPOCH.get_ptr_mut(0);
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         bump(counter::LOST, 1);
@@ -101,16 +173,19 @@ pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, mut flags: u16) {
     let ev = entry.as_mut_ptr();
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).mm = mm;
-        (*ev).args = [0, 0];
-        (*ev).tid = pid_tgid as u32;
+        (*ev).mm = body.mm;
+        (*ev).vma = body.vma;
+        (*ev).args = body.args;
+        (*ev).facts = body.facts;
+        (*ev).stack_id = body.stack_id;
+        (*ev).tid = tid;
         (*ev).tgid = tgid;
         (*ev).cpu = bpf_get_smp_processor_id();
         (*ev).lost_before = take_pending_lost();
         (*ev).kind = kind;
         (*ev).flags = flags;
         (*ev).loss_epoch = epoch as u32;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).comm = comm;
     }
     // Batched wakeups: the reader polls on a short timer and is only woken early when the
     // ring fills past `wakeup_bytes`.

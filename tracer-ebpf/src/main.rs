@@ -7,9 +7,12 @@
 #![feature(core_intrinsics)]
 
 mod emit;
+mod kernel;
 mod mmap_lock;
 mod probes;
+mod snapshot;
 mod task;
+mod vma;
 
 #[cfg(not(test))]
 #[panic_handler]

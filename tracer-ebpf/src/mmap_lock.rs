@@ -2,13 +2,47 @@
 //! plain-tracepoint fallbacks; userspace attaches whichever family the kernel accepts.
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
-use tracer_common::{flag, kind, tp_layout};
+use tracer_common::{fact, flag, kind, tp_layout};
 
-use crate::emit::emit;
+use crate::{
+    emit::{Body, emit, emit_body, stack_id},
+    kernel::{layout, vma_facts, vma_mm},
+    vma::{forget_task, held_vma_read},
+};
+
+/// Non-zero when the per-VMA read-lock probes exist on this kernel (set by the loader): only
+/// then is the per-task VMA read lock looked up on this hot path.
+#[unsafe(no_mangle)]
+static TRACK_VMA_READ: Global<u32> = Global::new(0);
+
+/// An mmap_lock attempt (start, or the acquire of a trylock that has no start): carries the
+/// per-VMA read lock the task holds, if any, with the stack that proves it.
+#[inline(always)]
+fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {
+    let held = if TRACK_VMA_READ.load() != 0 { held_vma_read() } else { None };
+    // vma_end_read() is inline almost everywhere, so a release can go unseen: trust the entry
+    // only while the VMA still has readers (vm_refcnt / vm_lock rwsem), else forget it.
+    let held = held.filter(|&vma| {
+        let l = layout();
+        let f = vma_facts(&l, vma_mm(&l, vma), vma);
+        let readers = f & fact::VMA_READ_KNOWN == 0 || f & fact::VMA_READ_LOCKED != 0;
+        if !readers {
+            forget_task();
+        }
+        readers
+    });
+    match held {
+        Some(vma) => {
+            let body = Body { mm, vma, facts: fact::TASK_VMA_READ, stack_id: stack_id(ctx), ..Default::default() };
+            emit_body(ctx, kind, flags, &body);
+        }
+        None => emit(ctx, kind, mm, flags),
+    }
+}
 
 /// Which plain-tracepoint record layout this kernel has (`tp_layout::*`), read by the loader from
 /// the tracepoint's `format` file; 0 when unknown, and then the fallback is not attached.
@@ -30,7 +64,7 @@ fn flags(write: bool, success: bool) -> u16 {
 fn on_start<const W: usize>(ctx: &BtfTracePointContext) {
     let mm: u64 = ctx.arg(0);
     let write: u64 = ctx.arg(W);
-    emit(ctx, kind::MMAP_START, mm, flags(write & 0xff != 0, false));
+    emit_attempt(ctx, kind::MMAP_START, mm, flags(write & 0xff != 0, false));
 }
 
 #[inline(always)]
@@ -38,7 +72,7 @@ fn on_acquired<const W: usize, const S: usize>(ctx: &BtfTracePointContext) {
     let mm: u64 = ctx.arg(0);
     let write: u64 = ctx.arg(W);
     let success: u64 = ctx.arg(S);
-    emit(ctx, kind::MMAP_ACQUIRED, mm, flags(write & 0xff != 0, success & 0xff != 0));
+    emit_attempt(ctx, kind::MMAP_ACQUIRED, mm, flags(write & 0xff != 0, success & 0xff != 0));
 }
 
 #[inline(always)]
@@ -104,7 +138,7 @@ fn read_record(ctx: &TracePointContext) -> Option<(u64, bool, bool)> {
 #[tracepoint(category = "mmap_lock", name = "mmap_lock_start_locking")]
 pub fn tp_mmap_start(ctx: TracePointContext) -> u32 {
     if let Some((mm, write, _)) = read_record(&ctx) {
-        emit(&ctx, kind::MMAP_START, mm, flags(write, false));
+        emit_attempt(&ctx, kind::MMAP_START, mm, flags(write, false));
     }
     0
 }
@@ -112,7 +146,7 @@ pub fn tp_mmap_start(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "mmap_lock", name = "mmap_lock_acquire_returned")]
 pub fn tp_mmap_acquired(ctx: TracePointContext) -> u32 {
     if let Some((mm, write, success)) = read_record(&ctx) {
-        emit(&ctx, kind::MMAP_ACQUIRED, mm, flags(write, success));
+        emit_attempt(&ctx, kind::MMAP_ACQUIRED, mm, flags(write, success));
     }
     0
 }

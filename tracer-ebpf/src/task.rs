@@ -7,16 +7,18 @@ use aya_ebpf::{
 };
 use tracer_common::kind;
 
-use crate::emit::emit;
+use crate::{emit::emit, vma::forget_task};
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn btf_task_exit(ctx: BtfTracePointContext) -> i32 {
+    forget_task();
     emit(&ctx, kind::TASK_EXIT, 0, 0);
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn tp_task_exit(ctx: TracePointContext) -> u32 {
+    forget_task();
     emit(&ctx, kind::TASK_EXIT, 0, 0);
     0
 }

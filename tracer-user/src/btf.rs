@@ -117,6 +117,15 @@ impl KernelBtf {
         })
     }
 
+    /// The value of the enumerator `name` in any enum, named or anonymous (kernel flag bits are
+    /// often declared in anonymous enums, which only a scan of every type finds).
+    pub fn enumerator(&self, name: &str) -> Option<u32> {
+        (1u32..).map_while(|id| self.btf.resolve_type_by_id(id).ok()).find_map(|t| match t {
+            Type::Enum(e) => e.members.iter().find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name)).map(|m| m.val()),
+            _ => None,
+        })
+    }
+
     fn struct_named(&self, name: &str) -> Result<Type> {
         let types = self
             .btf

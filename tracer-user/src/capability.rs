@@ -13,7 +13,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::{btf::KernelBtf, loader::EBPF_OBJECT, model::RULES, tpformat};
+use crate::{btf::KernelBtf, hooks::HookState, loader::{self, EBPF_OBJECT}, model::RULES, tpformat};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Family {
@@ -34,6 +34,13 @@ pub struct Capabilities {
     pub functions: BTreeMap<String, bool>,
     /// `enum page_walk_lock` as this kernel defines it (absent before per-VMA locks).
     pub page_walk_lock: Option<Vec<(String, u32)>>,
+    /// The VMA rules' function hooks as the tracer attaches them here (fentry/fexit, else
+    /// kprobe/kretprobe), or why not.
+    pub hooks: BTreeMap<String, HookState>,
+    /// VMA snapshots as the tracer runs them here.
+    pub snapshot: String,
+    /// Layout groups the tracer could not resolve from BTF, and the member missing.
+    pub layout_missing: Vec<(String, String)>,
     /// rule id → how it can be checked here.
     pub rules: BTreeMap<String, String>,
 }
@@ -207,16 +214,22 @@ pub fn probe() -> Result<Capabilities> {
         .map(|(s, m)| (format!("{s}.{m}"), kbtf.member_offset(s, m).ok().flatten()))
         .collect();
     let functions = FUNCTIONS.iter().map(|f| (f.to_string(), kbtf.has_function(f))).collect();
-    let mut caps = Capabilities {
+    // The tracer's own choice, exactly as a run makes it (events stay paused; dropped at once).
+    let tracer = loader::Tracer::load(&loader::Options { ring_bytes: 1 << 16, force_tracepoint: false, snapshot_ms: 1000 }, &kbtf)?;
+    let attached = tracer.attached.clone();
+    drop(tracer);
+    let availability = attached.availability();
+    Ok(Capabilities {
         kernel_release: kernel_release(),
         families,
         layout,
         functions,
         page_walk_lock: kbtf.enum_values("page_walk_lock"),
-        rules: BTreeMap::new(),
-    };
-    caps.rules = rule_status(&caps);
-    Ok(caps)
+        hooks: attached.functions,
+        snapshot: attached.snapshot,
+        layout_missing: attached.layout_missing,
+        rules: RULES.iter().map(|r| (r.id.to_string(), r.status(&availability).to_string())).collect(),
+    })
 }
 
 fn kprobe_family(ebpf: &mut Ebpf) -> Family {
@@ -233,31 +246,6 @@ fn kprobe_family(ebpf: &mut Ebpf) -> Family {
         fam.detail.push_str("; /sys/bus/event_source/devices/kprobe is absent: kernel built without CONFIG_KPROBES");
     }
     fam
-}
-
-/// How each catalogued rule can be checked with these capabilities.
-pub fn rule_status(caps: &Capabilities) -> BTreeMap<String, String> {
-    let works = |f: &str| caps.family(f).is_some_and(|x| x.works);
-    let tracepoints = works("tp_btf") || works("tracepoint");
-    let function_hooks = works("fentry") || works("kprobe");
-    RULES
-        .iter()
-        .map(|r| {
-            let status = if !r.implemented {
-                let hooks = if r.needs.iter().any(|n| n.starts_with("fentry:")) && !function_hooks {
-                    " (and its function hooks need fentry or kprobes, which this kernel refuses)"
-                } else {
-                    ""
-                };
-                format!("not implemented yet{hooks}")
-            } else if r.needs.iter().all(|n| !n.starts_with("fentry:") || function_hooks) && tracepoints {
-                "checked live".to_string()
-            } else {
-                format!("cannot be checked here: needs {}", r.needs.join(", "))
-            };
-            (r.id.to_string(), status)
-        })
-        .collect()
 }
 
 pub fn kernel_release() -> String {
@@ -284,10 +272,21 @@ pub fn render(caps: &Capabilities) -> String {
         }
         None => out += "  enum page_walk_lock: absent (no per-VMA page-walk locking)\n",
     }
+    for (group, why) in &caps.layout_missing {
+        out += &format!("  unresolved: {group}: {why}\n");
+    }
     out += "\nfunctions (BTF):\n";
     for (f, present) in &caps.functions {
         out += &format!("  {f:<28} {}\n", if *present { "present" } else { "absent" });
     }
+    out += "\nVMA-rule hooks (as a run attaches them):\n";
+    for (f, state) in &caps.hooks {
+        match state {
+            HookState::Attached(family) => out += &format!("  {f:<28} {family}\n"),
+            HookState::Unavailable(why) => out += &format!("  {f:<28} unavailable: {why}\n"),
+        }
+    }
+    out += &format!("  VMA snapshots                {}\n", caps.snapshot);
     out += "\nrules:\n";
     for (r, s) in &caps.rules {
         out += &format!("  {r:<28} {s}\n");

@@ -4,7 +4,7 @@
 //! and replays handle exactly the same values.
 
 use serde::{Deserialize, Serialize};
-use tracer_common::{RawEvent, flag, kind};
+use tracer_common::{RawEvent, fact, flag, kind, site, snap};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -24,19 +24,154 @@ pub struct Event {
     /// this one, wherever they were lost.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub loss_epoch: u32,
+    /// The kernel stack at the hook: an id whose frames a `stack` line gave earlier in the
+    /// stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<u32>,
     #[serde(flatten)]
     pub what: What,
 }
 
-/// What happened. Serialized flattened into the event line with a `kind` tag.
+/// Lock state read from kernel memory at the hook (tracer_common::fact bits), written in a
+/// trace as the list of names of the bits set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Facts(pub u32);
+
+const FACT_NAMES: &[(u32, &str)] = &[
+    (fact::MMAP_KNOWN, "mmap_known"),
+    (fact::MMAP_LOCKED, "mmap_locked"),
+    (fact::MMAP_WRITE_LOCKED, "mmap_write_locked"),
+    (fact::MMAP_WRITER_IS_CURRENT, "mmap_writer_is_current"),
+    (fact::VMA_KNOWN, "vma_known"),
+    (fact::VMA_WRITE_LOCKED, "vma_write_locked"),
+    (fact::VMA_SEQ_UNSET, "vma_seq_unset"),
+    (fact::MM_SEQ_ODD, "mm_seq_odd"),
+    (fact::MM_SEQCOUNT, "mm_seqcount"),
+    (fact::VMA_READ_LOCKED, "vma_read_locked"),
+    (fact::VMA_READ_KNOWN, "vma_read_known"),
+    (fact::TASK_VMA_READ, "task_vma_read"),
+];
+
+impl Facts {
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+    /// Whether the mmap_lock state is known, and then whether the current task holds it for
+    /// write (the rwsem's owner), and whether anyone holds it at all.
+    pub fn mmap_known(self) -> bool {
+        self.has(fact::MMAP_KNOWN)
+    }
+    pub fn vma_known(self) -> bool {
+        self.has(fact::VMA_KNOWN)
+    }
+    pub fn names(self) -> Vec<&'static str> {
+        FACT_NAMES.iter().filter(|(b, _)| self.has(*b)).map(|(_, n)| *n).collect()
+    }
+}
+
+impl Serialize for Facts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Facts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        let mut bits = 0;
+        for n in names {
+            let (b, _) = FACT_NAMES
+                .iter()
+                .find(|(_, name)| *name == n)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown fact {n:?}")))?;
+            bits |= b;
+        }
+        Ok(Facts(bits))
+    }
+}
+
+
+/// `enum page_walk_lock` (include/linux/pagewalk.h); the loader checks this kernel's BTF
+/// enumerators against these before attaching the walk hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WalkLock {
+    PgwalkRdlock,
+    PgwalkWrlock,
+    PgwalkWrlockVerify,
+    PgwalkVmaRdlockVerify,
+}
+
+impl WalkLock {
+    /// The enumerator names and values vmalock's walk rules are written against.
+    pub const KERNEL_ENUM: &[(&str, u32)] = &[
+        ("PGWALK_RDLOCK", 0),
+        ("PGWALK_WRLOCK", 1),
+        ("PGWALK_WRLOCK_VERIFY", 2),
+        ("PGWALK_VMA_RDLOCK_VERIFY", 3),
+    ];
+
+    pub fn from_raw(v: u64) -> Option<WalkLock> {
+        Some(match v {
+            0 => WalkLock::PgwalkRdlock,
+            1 => WalkLock::PgwalkWrlock,
+            2 => WalkLock::PgwalkWrlockVerify,
+            3 => WalkLock::PgwalkVmaRdlockVerify,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::KERNEL_ENUM[self as usize].0
+    }
+}
+
+/// The function a page walk or a new VMA came from.
+pub fn site_name(s: u64) -> &'static str {
+    match s {
+        site::WALK_PAGE_RANGE => "walk_page_range",
+        site::WALK_PAGE_RANGE_MM => "walk_page_range_mm",
+        site::WALK_PAGE_VMA => "walk_page_vma",
+        site::WALK_PAGE_RANGE_VMA => "walk_page_range_vma",
+        site::WALK_PAGE_MAPPING => "walk_page_mapping",
+        site::WALK_PAGE_RANGE_MM_UNSAFE => "walk_page_range_mm_unsafe",
+        site::WALK_PAGE_RANGE_VMA_UNSAFE => "walk_page_range_vma_unsafe",
+        site::VMA_LINK => "vma_link",
+        site::INSTALL_SPECIAL_MAPPING => "_install_special_mapping",
+        _ => "unknown",
+    }
+}
+
+fn site_of(name: &str) -> Option<u64> {
+    (0..32).find(|s| site_name(*s) == name)
+}
+
+/// Site names in a trace.
+mod site_str {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(super::site_name(*v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = <&str>::deserialize(d)?;
+        super::site_of(s).ok_or_else(|| D::Error::custom(format!("unknown site {s:?}")))
+    }
+}
+
+/// What happened. Serialized flattened into the event line with a `kind` tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum What {
-    /// `mmap_lock_start_locking`: about to take `mm`'s mmap_lock.
+    /// `mmap_lock_start_locking`: about to take `mm`'s mmap_lock. `vma_read`: the per-VMA read
+    /// lock this task holds meanwhile, if any.
     MmapLockStart {
         #[serde(with = "hex")]
         mm: u64,
         write: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
+        vma_read: Option<u64>,
     },
     /// `mmap_lock_acquire_returned`: the attempt finished (`success` is false for a failed
     /// trylock or an interrupted killable lock).
@@ -45,6 +180,8 @@ pub enum What {
         mm: u64,
         write: bool,
         success: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
+        vma_read: Option<u64>,
     },
     /// `mmap_lock_released`.
     MmapLockReleased {
@@ -54,6 +191,72 @@ pub enum What {
     },
     /// `sched_process_exit`: this thread is exiting.
     TaskExit,
+    /// `__vma_start_write(vma, …)` entry.
+    VmaWriteLock {
+        #[serde(with = "hex")]
+        mm: u64,
+        #[serde(with = "hex")]
+        vma: u64,
+        facts: Facts,
+    },
+    /// A page walk starts (`site`), declaring `walk_lock` (None: this kernel has none).
+    PageWalk {
+        #[serde(with = "hex")]
+        mm: u64,
+        #[serde(with = "hex")]
+        vma: u64,
+        walk_lock: Option<WalkLock>,
+        #[serde(with = "site_str")]
+        site: u64,
+        facts: Facts,
+    },
+    /// The per-VMA step of a walk (`__walk_page_range`), after the walker locked the VMA.
+    PageWalkVma {
+        #[serde(with = "hex")]
+        mm: u64,
+        #[serde(with = "hex")]
+        vma: u64,
+        walk_lock: Option<WalkLock>,
+        facts: Facts,
+    },
+    /// `vma_prepare(vp)`: `unlocked` names the members of `vp` that are not write-locked.
+    VmaPrepare {
+        #[serde(with = "hex")]
+        mm: u64,
+        #[serde(with = "hex")]
+        vma: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unlocked: Vec<String>,
+        #[serde(with = "hex")]
+        first_unlocked: u64,
+        facts: Facts,
+    },
+    /// A new VMA was just inserted (`site`).
+    VmaNew {
+        #[serde(with = "hex")]
+        mm: u64,
+        #[serde(with = "hex")]
+        vma: u64,
+        #[serde(with = "site_str")]
+        site: u64,
+        facts: Facts,
+    },
+    /// A VMA snapshot that tells something (see tracer_common::kind::VMA_SNAPSHOT).
+    VmaSnapshot {
+        #[serde(with = "hex")]
+        mm: u64,
+        #[serde(with = "hex")]
+        vma: u64,
+        #[serde(with = "hex")]
+        vm_start: u64,
+        changes: Vec<String>,
+        /// vm_flags bits that changed since the previous snapshot.
+        #[serde(with = "hex")]
+        flags_changed: u64,
+        facts: Facts,
+    },
+    /// Not a kernel event: the frames of kernel stack `id`, symbolized when it was first seen.
+    Stack { id: u32, frames: Vec<String> },
     /// Not a kernel event: the kernel skipped `count` hook hits (BPF recursion protection, when
     /// a task was preempted inside one of our programs) somewhere within the next `span` events.
     /// Written by the live run into the stream so a replay is blind over the same stretch.
@@ -62,6 +265,47 @@ pub enum What {
         #[serde(default)]
         span: u64,
     },
+}
+
+/// `VmaPrepare::unlocked` names, by tracer_common::prepare_role bit.
+pub const PREPARE_ROLES: &[(u64, &str)] = &[
+    (tracer_common::prepare_role::VMA, "vma"),
+    (tracer_common::prepare_role::ADJ_NEXT, "adj_next"),
+    (tracer_common::prepare_role::REMOVE, "remove"),
+    (tracer_common::prepare_role::REMOVE2, "remove2"),
+];
+
+/// `VmaSnapshot::changes` names, by tracer_common::snap bit.
+pub const SNAP_CHANGES: &[(u64, &str)] = &[
+    (snap::NEW, "new"),
+    (snap::FLAGS_CHANGED, "vm_flags"),
+    (snap::PAGE_PROT_CHANGED, "vm_page_prot"),
+    (snap::UFFD_CHANGED, "vm_userfaultfd_ctx"),
+    (snap::POLICY_CHANGED, "vm_policy"),
+    (snap::LOCK_SEQ_MOVED, "vm_lock_seq"),
+    (snap::MM_SEEN_BEFORE, "mm_seen_before"),
+];
+
+fn names(bits: u64, table: &[(u64, &str)]) -> Vec<String> {
+    table.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| n.to_string()).collect()
+}
+
+/// Optional kernel pointers, as `hex`.
+mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::hex::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::hex")] u64);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -124,7 +368,24 @@ impl Event {
             task_new: false,
             lost_before: 0,
             loss_epoch: after.map_or(0, |e| e.loss_epoch),
+            stack: None,
             what: What::Missed { count, span },
+        }
+    }
+
+    /// The `stack` line that gives stack `id`'s frames, placed before the first event naming it.
+    pub fn stack_frames(id: u32, frames: Vec<String>, before: &Event) -> Event {
+        Event {
+            ts_ns: before.ts_ns,
+            cpu: before.cpu,
+            tid: 0,
+            tgid: 0,
+            comm: String::new(),
+            task_new: false,
+            lost_before: 0,
+            loss_epoch: before.loss_epoch,
+            stack: None,
+            what: What::Stack { id, frames },
         }
     }
 
@@ -141,15 +402,39 @@ impl Event {
 
     pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         let write = raw.flags & flag::WRITE != 0;
+        let facts = Facts(raw.facts);
+        let (mm, vma) = (raw.mm, raw.vma);
+        let vma_read = facts.has(fact::TASK_VMA_READ).then_some(vma);
+        let walk_lock = WalkLock::from_raw(raw.args[0]);
         let what = match raw.kind {
-            kind::MMAP_START => What::MmapLockStart { mm: raw.mm, write },
+            kind::MMAP_START => What::MmapLockStart { mm, write, vma_read },
             kind::MMAP_ACQUIRED => What::MmapLockAcquired {
-                mm: raw.mm,
+                mm,
                 write,
                 success: raw.flags & flag::SUCCESS != 0,
+                vma_read,
             },
-            kind::MMAP_RELEASED => What::MmapLockReleased { mm: raw.mm, write },
+            kind::MMAP_RELEASED => What::MmapLockReleased { mm, write },
             kind::TASK_EXIT => What::TaskExit,
+            kind::VMA_WRITE_LOCK => What::VmaWriteLock { mm, vma, facts },
+            kind::PAGEWALK => What::PageWalk { mm, vma, walk_lock, site: raw.args[1], facts },
+            kind::PAGEWALK_VMA => What::PageWalkVma { mm, vma, walk_lock, facts },
+            kind::VMA_PREPARE => What::VmaPrepare {
+                mm,
+                vma,
+                unlocked: names(raw.args[0], PREPARE_ROLES),
+                first_unlocked: raw.args[1],
+                facts,
+            },
+            kind::VMA_NEW => What::VmaNew { mm, vma, site: raw.args[0], facts },
+            kind::VMA_SNAPSHOT => What::VmaSnapshot {
+                mm,
+                vma,
+                vm_start: raw.args[0],
+                changes: names(raw.args[1], SNAP_CHANGES),
+                flags_changed: raw.args[2],
+                facts,
+            },
             k => return Err(DecodeError::UnknownKind(k)),
         };
         let comm_len = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
@@ -162,6 +447,7 @@ impl Event {
             task_new: raw.flags & flag::TASK_NEW != 0,
             lost_before: raw.lost_before,
             loss_epoch: raw.loss_epoch,
+            stack: u32::try_from(raw.stack_id).ok(),
             what,
         })
     }
@@ -174,9 +460,19 @@ impl Event {
             What::MmapLockReleased { .. } => kind::MMAP_RELEASED,
             What::TaskExit => kind::TASK_EXIT,
             What::Missed { .. } => kind::MISSED,
+            What::Stack { .. } => KIND_STACK,
+            What::VmaWriteLock { .. } => kind::VMA_WRITE_LOCK,
+            What::PageWalk { .. } => kind::PAGEWALK,
+            What::PageWalkVma { .. } => kind::PAGEWALK_VMA,
+            What::VmaPrepare { .. } => kind::VMA_PREPARE,
+            What::VmaNew { .. } => kind::VMA_NEW,
+            What::VmaSnapshot { .. } => kind::VMA_SNAPSHOT,
         }
     }
 }
+
+/// Userspace-only pseudo-kind of `What::Stack` lines (never on the wire).
+pub const KIND_STACK: u16 = 100;
 
 /// Human name of a wire kind, for summaries.
 pub fn kind_name(k: u16) -> &'static str {
@@ -186,6 +482,13 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::MMAP_RELEASED => "mmap_lock_released",
         kind::TASK_EXIT => "sched_process_exit",
         kind::MISSED => "missed (recursion protection)",
+        KIND_STACK => "stack (symbolized frames)",
+        kind::VMA_WRITE_LOCK => "vma_start_write",
+        kind::PAGEWALK => "page_walk",
+        kind::PAGEWALK_VMA => "page_walk_vma_step",
+        kind::VMA_PREPARE => "vma_prepare",
+        kind::VMA_NEW => "vma_new",
+        kind::VMA_SNAPSHOT => "vma_snapshot",
         _ => "unknown",
     }
 }
@@ -203,7 +506,7 @@ mod tests {
     #[test]
     fn decodes_each_kind_and_flag() {
         let e = Event::from_raw(&raw(kind::MMAP_ACQUIRED, flag::WRITE | flag::TASK_NEW)).unwrap();
-        assert_eq!(e.what, What::MmapLockAcquired { mm: 0xffff_8880_0123_4000, write: true, success: false });
+        assert_eq!(e.what, What::MmapLockAcquired { mm: 0xffff_8880_0123_4000, write: true, success: false, vma_read: None });
         assert!(e.task_new);
         assert_eq!(e.comm, "work");
         assert_eq!(Event::from_raw(&raw(kind::MMAP_RELEASED, 0)).unwrap().what, What::MmapLockReleased { mm: 0xffff_8880_0123_4000, write: false });

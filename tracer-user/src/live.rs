@@ -38,14 +38,30 @@ pub struct RunOptions {
     pub all_events: bool,
     /// Attach plain tracepoints even where tp_btf works.
     pub force_tracepoint: bool,
+    /// VMA snapshot period (iter/task_vma); 0 = off.
+    pub snapshot_ms: u64,
     /// The vmalock command line, for the trace header.
     pub argv: Vec<String>,
 }
 
-/// Kinds the default rules need: mmap-lock-balance judges acquires, releases and exits.
-/// `start_locking` only matters to a full recording (and, later, lock-order wait edges).
+/// Kinds the default rules need: mmap-lock-balance judges acquires, releases and exits; the
+/// VMA rules their own kinds. `start_locking` only matters to a full recording, except one
+/// taken under a per-VMA read lock, which the eBPF side always sends.
 pub fn default_send_mask() -> u32 {
-    kind_bit(kind::MMAP_ACQUIRED) | kind_bit(kind::MMAP_RELEASED) | kind_bit(kind::TASK_EXIT)
+    [
+        kind::MMAP_ACQUIRED,
+        kind::MMAP_RELEASED,
+        kind::TASK_EXIT,
+        kind::VMA_WRITE_LOCK,
+        kind::PAGEWALK,
+        kind::PAGEWALK_VMA,
+        kind::VMA_PREPARE,
+        kind::VMA_NEW,
+        kind::VMA_SNAPSHOT,
+    ]
+    .into_iter()
+    .map(kind_bit)
+    .fold(0, |a, b| a | b)
 }
 
 pub fn all_send_mask() -> u32 {
@@ -99,7 +115,12 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         }
     let out = opts.output.as_ref().map(create_output).transpose()?;
     let kbtf = KernelBtf::open()?;
-    let mut tracer = Tracer::load(&Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint }, &kbtf)?;
+    let mut tracer = Tracer::load(
+        &Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint, snapshot_ms: opts.snapshot_ms },
+        &kbtf,
+    )?;
+    // Stacks are symbolized when first seen; without kallsyms they stay addresses.
+    let kallsyms = crate::symbols::Kallsyms::load().map_err(|e| log::warn!("kernel stacks stay unsymbolized: {e:#}")).ok();
     let mut ring = register(tracer.take_events()?).context("registering the ring buffer with tokio")?;
     let mut logger = tracer.take_logger().and_then(|l| register(l).ok());
 
@@ -123,11 +144,25 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         (None, TGID_ALL) => "all tasks".to_string(),
         (None, pid) => format!("pid {pid}"),
     };
-    let families: std::collections::BTreeSet<&str> = tracer.attached.hooks.values().map(String::as_str).collect();
+    let mut families: std::collections::BTreeSet<&str> = tracer.attached.hooks.values().map(String::as_str).collect();
+    let fn_hooks: Vec<&str> = tracer
+        .attached
+        .functions
+        .values()
+        .filter_map(|s| match s {
+            crate::hooks::HookState::Attached(f) => Some(f.as_str()),
+            _ => None,
+        })
+        .collect();
+    families.extend(fn_hooks.iter().copied());
+    if tracer.attached.snapshot.starts_with("iter/") {
+        families.insert("iter");
+    }
     eprintln!(
-        "vmalock: tracing {target} ({} hooks via {}); Ctrl-C to stop",
-        tracer.attached.hooks.len(),
-        families.into_iter().collect::<Vec<_>>().join("+")
+        "vmalock: tracing {target} ({} hooks via {}; VMA snapshots: {}); Ctrl-C to stop",
+        tracer.attached.hooks.len() + fn_hooks.len(),
+        families.into_iter().collect::<Vec<_>>().join("+"),
+        tracer.attached.snapshot
     );
 
     let header = Header {
@@ -162,6 +197,16 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let mut pid_poll = tokio::time::interval(Duration::from_millis(200));
     let mut drain_tick = tokio::time::interval(loader::DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut snapshot_tick = tokio::time::interval(Duration::from_millis(opts.snapshot_ms.max(1)));
+    snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stacks = tracer.take_stacks();
+    let symbolize = |id: u32| -> Vec<String> {
+        let addrs = loader::stack_ips(stacks.as_ref(), id);
+        match &kallsyms {
+            Some(k) => k.symbolize(&addrs),
+            None => addrs.iter().map(|a| format!("{a:#x}")).collect(),
+        }
+    };
 
     let mut pipe = Pipeline::new(writer);
     let stop = loop {
@@ -169,12 +214,15 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let missed = tracer.missed()?;
-                pipe.pump(guard.get_inner_mut(), missed)?;
+                pipe.pump(guard.get_inner_mut(), missed, &symbolize)?;
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
                 let missed = tracer.missed()?;
-                pipe.pump(ring.get_mut(), missed)?;
+                pipe.pump(ring.get_mut(), missed, &symbolize)?;
+            }
+            _ = snapshot_tick.tick(), if opts.snapshot_ms > 0 => {
+                tracer.snapshot()?;
             }
             Some(guard) = async { match logger.as_mut() { Some(l) => l.readable_mut().await.ok(), None => std::future::pending().await } } => {
                 let mut guard = guard;
@@ -193,9 +241,11 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         }
     };
 
-    // Stop the flow, then take what is already in the ring: nothing recorded is dropped.
+    // A last snapshot while the target still runs (-d, signals), then stop the flow and take
+    // what is already in the ring: nothing recorded is dropped.
+    tracer.snapshot()?;
     tracer.pause()?;
-    let mut writer = pipe.finish(ring.get_mut(), tracer.missed()?)?;
+    let mut writer = pipe.finish(ring.get_mut(), tracer.missed()?, &symbolize)?;
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
     }
@@ -225,11 +275,12 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         duration_ns,
         seen: counters.seen.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (kind_name(k as u16), *n)).collect(),
         stats: pipe.model.stats().clone(),
-        lost_per_cpu: counters.lost_per_cpu,
+        lost_per_cpu: counters.lost_per_cpu.clone(),
         missed: counters.missed,
         decode_errors: pipe.decode_errors,
         events_received: pipe.events,
         verdicts: pipe.verdicts as usize,
         attached,
+        counters,
     })
 }

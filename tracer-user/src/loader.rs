@@ -7,14 +7,18 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{BtfTracePoint, Iter, TracePoint},
 };
 use serde::Serialize;
-use tracer_common::{Config, TGID_NONE, counter, kind, tp_btf_args};
+use tracer_common::{Config, TGID_NONE, counter, kind, layout as lbits, tp_btf_args};
 
 use crate::{
     btf::{ArgKind, KernelBtf},
+    event::WalkLock,
+    hooks::{self, HookState},
+    layout,
+    model::Availability,
     tpformat,
 };
 
@@ -28,6 +32,26 @@ pub struct Attached {
     pub hooks: BTreeMap<String, String>,
     /// Why a preferred family was not used, per hook.
     pub fallbacks: BTreeMap<String, String>,
+    /// Kernel function → how it is hooked, or why it is not (the VMA rules' hooks).
+    pub functions: BTreeMap<String, HookState>,
+    /// VMA snapshots: "iter/task_vma every N ms", "off", or why they cannot run.
+    pub snapshot: String,
+    /// tracer_common::layout bits resolved from BTF.
+    pub layout_known: u32,
+    /// Layout groups this kernel lacks, with the member that is missing.
+    pub layout_missing: Vec<(String, String)>,
+}
+
+impl Attached {
+    /// What the rules can use, for `Rule::status`.
+    pub fn availability(&self) -> Availability {
+        Availability {
+            tracepoints: self.hooks.keys().any(|h| h.starts_with("mmap_lock_")),
+            hooks: self.functions.iter().filter(|(_, s)| matches!(s, HookState::Attached(_))).map(|(f, _)| f.clone()).collect(),
+            layout: self.layout_known,
+            snapshot: self.snapshot.starts_with("iter/task_vma"),
+        }
+    }
 }
 
 pub struct Options {
@@ -35,6 +59,8 @@ pub struct Options {
     pub ring_bytes: u32,
     /// Use plain tracepoints even where tp_btf works (to test or compare the fallback).
     pub force_tracepoint: bool,
+    /// VMA snapshot period in ms; 0 = no snapshots.
+    pub snapshot_ms: u64,
 }
 
 pub struct Tracer {
@@ -44,6 +70,10 @@ pub struct Tracer {
     wakeup_bytes: u64,
     /// `TP_BTF_WRITE_ARG` as loaded; 0 when tp_btf cannot be used for mmap_lock.
     write_arg: u32,
+    /// The loaded iter/task_vma program, when snapshots are on and work.
+    snapshots: bool,
+    snapshot_round: u32,
+    stacks: Option<StackTraceMap<MapData>>,
 }
 
 /// How often the reader drains the ring when no early wakeup comes (see `Config::wakeup_bytes`).
@@ -71,6 +101,20 @@ pub fn tp_btf_write_arg(kbtf: &KernelBtf) -> Result<u32> {
         Some(w @ (tp_btf_args::WRITE_AFTER_MM | tp_btf_args::WRITE_AFTER_MEMCG_PATH)) => Ok(w),
         other => bail!("unknown mmap_lock tracepoint prototype (write at {other:?})"),
     }
+}
+
+/// The walk rules are written against upstream's `enum page_walk_lock`; a kernel whose
+/// enumerators differ (by name or value) gets no walk hooks rather than wrong verdicts.
+fn check_walk_lock_enum(kbtf: &KernelBtf) -> std::result::Result<(), String> {
+    let Some(vals) = kbtf.enum_values("page_walk_lock") else {
+        return Err("this kernel has no enum page_walk_lock".into());
+    };
+    for (name, v) in &vals {
+        if !WalkLock::KERNEL_ENUM.iter().any(|(n, x)| n == name && x == v) {
+            return Err(format!("enum page_walk_lock has {name}={v}, which vmalock does not know"));
+        }
+    }
+    Ok(())
 }
 
 /// One sentence saying what is missing when we cannot load BPF programs at all.
@@ -119,19 +163,107 @@ impl Tracer {
             log::warn!("tp_btf unusable for mmap_lock: {e:#}");
             0
         });
+        let mut resolved = layout::resolve(kbtf);
+        if let Err(e) = check_walk_lock_enum(kbtf) {
+            resolved.layout.known &= !lbits::WALK;
+            resolved.missing.push(("page walk lock modes", e));
+        }
+        let track_vma_read = u32::from(resolved.layout.known & lbits::VMA_SEQ != 0 && kbtf.has_function("lock_vma_under_rcu"));
         let ebpf = EbpfLoader::new()
             .override_global("OFF_TASK_START_TIME", &start_time, true)
             .override_global("TP_LAYOUT", &tp_layout, true)
+            .override_global("LAYOUT", &resolved.layout, true)
+            .override_global("TRACK_VMA_READ", &track_vma_read, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
-        let mut tracer = Tracer { ebpf, attached: Attached::default(), wakeup_bytes: u64::from(opts.ring_bytes / 4), write_arg };
+        let mut tracer = Tracer {
+            ebpf,
+            attached: Attached::default(),
+            wakeup_bytes: u64::from(opts.ring_bytes / 4),
+            write_arg,
+            snapshots: false,
+            snapshot_round: 0,
+            stacks: None,
+        };
+        tracer.attached.layout_known = resolved.layout.known;
+        tracer.attached.layout_missing = resolved.missing.iter().map(|(g, w)| (g.to_string(), w.clone())).collect();
         tracer.pause()?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         for hook in HOOKS {
             tracer.attach(hook, &btf, tp_layout, opts.force_tracepoint)?;
         }
+        tracer.attach_functions(kbtf, &btf, resolved.layout.known);
+        tracer.attached.snapshot = match opts.snapshot_ms {
+            0 => "off".into(),
+            ms => match tracer.load_snapshots(&btf, resolved.layout.known) {
+                Ok(()) => format!("iter/task_vma every {ms} ms"),
+                Err(e) => {
+                    log::warn!("VMA snapshots unavailable: {e:#}");
+                    format!("unavailable: {e:#}")
+                }
+            },
+        };
+        tracer.stacks = tracer.ebpf.take_map("STACKS").and_then(|m| StackTraceMap::try_from(m).ok());
         Ok(tracer)
+    }
+
+    /// The VMA rules' function hooks, each only where the kernel has what its rules are about.
+    fn attach_functions(&mut self, kbtf: &KernelBtf, btf: &Btf, known: u32) {
+        let has = |bit| known & bit != 0;
+        let wanted = |f: &str| match f {
+            "handle_mm_fault" => false, // second pass below
+            f if hooks::is_wrapper(kbtf, f) => false,
+            f if f.starts_with("walk_page") || f == "__walk_page_range" => has(lbits::WALK) && has(lbits::VMA_SEQ),
+            "vma_prepare" => has(lbits::VMA_PREPARE) && has(lbits::VMA_SEQ),
+            _ => has(lbits::VMA_SEQ),
+        };
+        let mut functions = hooks::attach_all(&mut self.ebpf, kbtf, btf, wanted);
+        let attached = |f: &str, m: &BTreeMap<String, HookState>| matches!(m.get(f), Some(HookState::Attached(_)));
+        // vma_end_read() is inline (vma_refcount_put too, on most of its callers): the end of the
+        // fault ends the fault path's hold, and the mmap_lock hook double-checks the VMA's
+        // readers before it believes any other.
+        if attached("lock_vma_under_rcu", &functions) {
+            functions.extend(hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| f == "handle_mm_fault"));
+        }
+        self.attached.functions = functions;
+    }
+
+    fn load_snapshots(&mut self, btf: &Btf, known: u32) -> Result<()> {
+        if known & lbits::VMA_BASICS == 0 || known & lbits::TASK == 0 {
+            bail!("the VMA or task layout did not resolve from BTF");
+        }
+        let p: &mut Iter = self.program("snapshot_task_vma")?;
+        p.load("task_vma", btf).context("loading the iter/task_vma program")?;
+        self.snapshots = true;
+        // The first pass only learns every VMA (nothing to compare with yet).
+        self.snapshot()
+    }
+
+    /// One VMA snapshot pass: every VMA of the traced processes goes through the iterator
+    /// program, which sends the ones whose state tells something. No-op when snapshots are off.
+    pub fn snapshot(&mut self) -> Result<()> {
+        use std::io::Read as _;
+        if !self.snapshots {
+            return Ok(());
+        }
+        self.snapshot_round += 1;
+        let round = self.snapshot_round;
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(self.ebpf.map_mut("SNAP_ROUND").ok_or_else(|| anyhow!("SNAP_ROUND map missing"))?)?;
+        map.set(0, round, 0)?;
+        let p: &mut Iter = self.program("snapshot_task_vma")?;
+        let id = p.attach().context("creating the task_vma iterator")?;
+        let link = p.take_link(id)?;
+        let mut file = link.into_file().map_err(|e| anyhow!("opening the task_vma iterator: {e}"))?;
+        let mut sink = Vec::new();
+        file.read_to_end(&mut sink).context("reading the task_vma iterator")?;
+        Ok(())
+    }
+
+    /// The kernel stack map, to read stacks by id while the tracer is busy; call once.
+    pub fn take_stacks(&mut self) -> Option<StackTraceMap<MapData>> {
+        self.stacks.take()
     }
 
     fn attach(&mut self, hook: &Hook, btf: &Btf, tp_layout: u32, force_tracepoint: bool) -> Result<()> {
@@ -247,7 +379,16 @@ impl Tracer {
         for (k, slot) in seen.iter_mut().enumerate() {
             *slot = map.get(&(counter::SEEN_BASE + k as u32), 0)?.iter().sum();
         }
-        Ok(Counters { lost_per_cpu, seen, missed: self.missed()? })
+        let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
+        Ok(Counters {
+            lost_per_cpu,
+            seen,
+            missed: self.missed()?,
+            vma_read_taken: sum(counter::VMA_READ_TAKEN)?,
+            vma_read_dropped: sum(counter::VMA_READ_DROPPED)?,
+            snapshot_vmas: sum(counter::SNAP_VISITED)?,
+            snapshot_rounds: u64::from(self.snapshot_round),
+        })
     }
 
     /// Hook hits the kernel skipped (recursion protection), summed over our attached programs.
@@ -304,12 +445,25 @@ pub struct Counters {
     pub seen: [u64; kind::COUNT],
     /// Hook hits the kernel never ran our programs for (recursion protection).
     pub missed: u64,
+    /// Per-VMA read locks taken and released by traced tasks (counted in the kernel).
+    pub vma_read_taken: u64,
+    pub vma_read_dropped: u64,
+    /// VMA snapshot passes, and VMAs of traced processes compared in them.
+    pub snapshot_rounds: u64,
+    pub snapshot_vmas: u64,
 }
 
 impl Counters {
     pub fn lost(&self) -> u64 {
         self.lost_per_cpu.iter().sum()
     }
+}
+
+/// The kernel stack `id` (innermost frame first), or empty if it is gone or unknown.
+pub fn stack_ips(map: Option<&StackTraceMap<MapData>>, id: u32) -> Vec<u64> {
+    map.and_then(|m| m.get(&id, 0).ok())
+        .map(|st| st.frames().iter().map(|f| f.ip).collect())
+        .unwrap_or_default()
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and `task_struct.start_time`.

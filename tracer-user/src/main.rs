@@ -60,6 +60,11 @@ struct TraceArgs {
     /// Attach plain tracepoints even where tp_btf works (normally only a fallback).
     #[arg(long)]
     tracepoints: bool,
+    /// Take a VMA snapshot (iter/task_vma) every this many milliseconds; 0 turns snapshots off.
+    /// Snapshots find VMA fields changed without the VMA write lock, VMAs left write-locked
+    /// and VMAs inserted unlocked, on any kernel with BPF iterators.
+    #[arg(long = "snapshot-ms", default_value_t = 1000)]
+    snapshot_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +114,7 @@ fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
         ring_bytes: a.ring_kib * 1024,
         all_events: a.all_events || record,
         force_tracepoint: a.tracepoints,
+        snapshot_ms: a.snapshot_ms,
         argv: std::env::args().collect(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -31,7 +31,12 @@ pub struct Pipeline {
     pub verdicts: u64,
     pub events: u64,
     pub decode_errors: u64,
+    /// Stack ids whose frames are already in the stream.
+    stacks_sent: std::collections::HashSet<u32>,
 }
+
+/// Symbolized frames of a kernel stack id (innermost first).
+pub type Symbolize<'a> = &'a dyn Fn(u32) -> Vec<String>;
 
 impl Pipeline {
     pub fn new(writer: Option<TraceWriter<BufWriter<File>>>) -> Self {
@@ -44,15 +49,25 @@ impl Pipeline {
             verdicts: 0,
             events: 0,
             decode_errors: 0,
+            stacks_sent: Default::default(),
         }
     }
 
     /// One step: `missed_now` must have been read before this call drains the ring.
-    pub fn pump(&mut self, ring: &mut RingBuf<MapData>, missed_now: u64) -> Result<()> {
+    pub fn pump(&mut self, ring: &mut RingBuf<MapData>, missed_now: u64, symbolize: Symbolize) -> Result<()> {
         let mut fresh = Vec::new();
         while let Some(item) = ring.next() {
             match Event::decode(&item) {
-                Ok(ev) => fresh.push(ev),
+                Ok(ev) => {
+                    // Symbolized now, while the stack map still holds it: a replay has only
+                    // the trace. Each stack's frames go in once, before its first event.
+                    if let Some(id) = ev.stack
+                        && self.stacks_sent.insert(id)
+                    {
+                        fresh.push(Event::stack_frames(id, symbolize(id), &ev));
+                    }
+                    fresh.push(ev)
+                }
                 Err(e) => {
                     self.decode_errors += 1;
                     log::error!("{e}");
@@ -87,7 +102,7 @@ impl Pipeline {
     }
 
     fn apply(&mut self, ev: &Event) -> Result<()> {
-        if !matches!(ev.what, crate::event::What::Missed { .. }) {
+        if !matches!(ev.what, crate::event::What::Missed { .. } | crate::event::What::Stack { .. }) {
             self.events += 1;
         }
         self.model.apply(ev, &mut self.found);
@@ -104,9 +119,9 @@ impl Pipeline {
 
     /// After the flow has stopped: applies everything left in the ring and held back, and
     /// hands over the trace writer for its footer.
-    pub fn finish(&mut self, ring: &mut RingBuf<MapData>, missed_now: u64) -> Result<Option<TraceWriter<BufWriter<File>>>> {
-        self.pump(ring, missed_now)?;
-        self.pump(ring, missed_now)?;
+    pub fn finish(&mut self, ring: &mut RingBuf<MapData>, missed_now: u64, symbolize: Symbolize) -> Result<Option<TraceWriter<BufWriter<File>>>> {
+        self.pump(ring, missed_now, symbolize)?;
+        self.pump(ring, missed_now, symbolize)?;
         Ok(self.writer.take())
     }
 }

@@ -2,7 +2,11 @@
 
 use std::fmt;
 
-use crate::{loader::Attached, model::Stats};
+use crate::{
+    hooks::HookState,
+    loader::{Attached, Counters},
+    model::Stats,
+};
 
 pub struct Summary {
     pub stop_reason: String,
@@ -17,6 +21,7 @@ pub struct Summary {
     pub events_received: u64,
     pub verdicts: usize,
     pub attached: Attached,
+    pub counters: Counters,
 }
 
 impl Summary {
@@ -32,6 +37,34 @@ impl fmt::Display for Summary {
         writeln!(f, "  hooks: {}", hooks.join(", "))?;
         for (hook, why) in &self.attached.fallbacks {
             writeln!(f, "  fallback for {hook}: {why}")?;
+        }
+        let fns: Vec<String> = self
+            .attached
+            .functions
+            .iter()
+            .filter_map(|(func, s)| match s {
+                HookState::Attached(fam) => Some(format!("{func} ({fam})")),
+                HookState::Unavailable(_) => None,
+            })
+            .collect();
+        let unavailable = self.attached.functions.values().filter(|s| matches!(s, HookState::Unavailable(_))).count();
+        writeln!(
+            f,
+            "  function hooks: {}{}",
+            if fns.is_empty() { "none".to_string() } else { fns.join(", ") },
+            if unavailable > 0 { format!(" ({unavailable} unavailable: see `vmalock probe`)") } else { String::new() }
+        )?;
+        writeln!(
+            f,
+            "  VMA snapshots: {} ({} passes, {} VMAs compared)",
+            self.attached.snapshot, self.counters.snapshot_rounds, self.counters.snapshot_vmas
+        )?;
+        if self.counters.vma_read_taken > 0 {
+            writeln!(
+                f,
+                "  per-VMA read locks (counted in the kernel): {} taken, {} seen released",
+                self.counters.vma_read_taken, self.counters.vma_read_dropped
+            )?;
         }
         let seen: Vec<String> = self.seen.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(f, "  hook hits: {}", if seen.is_empty() { "none".into() } else { seen.join(", ") })?;

@@ -4,6 +4,10 @@
  *
  *   vmalock-trigger            list the modes this kernel supports ("MODE RULE")
  *   vmalock-trigger MODE...    run each MODE in this process, in order
+ *   vmalock-trigger -l MS MODE...
+ *                              linger MS milliseconds before the first mode and after
+ *                              the last, so that periodic VMA snapshots (vmalock
+ *                              --snapshot-ms) see this process's VMAs before and after
  *
  * A plain mode is one write() to the trigger file.  A "fault-*" mode is armed by
  * the write and runs when this process takes a user-mode page fault on a
@@ -20,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *trigger_path(void)
@@ -73,9 +78,17 @@ static int run_mode(const char *mode)
 	return res;
 }
 
+static void linger(int ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	if (ms > 0)
+		nanosleep(&ts, NULL);
+}
+
 int main(int argc, char **argv)
 {
-	int i, failed = 0;
+	int i, failed = 0, linger_ms = 0;
 
 	if (argc < 2) {
 		char buf[4096];
@@ -91,7 +104,13 @@ int main(int argc, char **argv)
 		close(fd);
 		return 0;
 	}
-	for (i = 1; i < argc; i++) {
+	i = 1;
+	if (argc > 3 && strcmp(argv[1], "-l") == 0) {
+		linger_ms = atoi(argv[2]);
+		i = 3;
+	}
+	linger(linger_ms);
+	for (; i < argc; i++) {
 		int res = run_mode(argv[i]);
 
 		if (res)
@@ -99,5 +118,6 @@ int main(int argc, char **argv)
 		printf("%s: %d%s%s\n", argv[i], res, res ? " " : "",
 		       res ? strerror(-res) : "");
 	}
+	linger(linger_ms);
 	return failed;
 }

@@ -35,12 +35,20 @@ impl Mode {
         if write { Mode::Write } else { Mode::Read }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Read => "read",
             Mode::Write => "write",
         }
     }
+}
+
+/// What a task holds of one mm's mmap_lock, as far as the stream can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holding {
+    Held(Mode),
+    Nothing,
+    Unknown,
 }
 
 /// One mm whose mmap_lock a task holds.
@@ -192,7 +200,7 @@ impl MmapLocks {
             self.resync(stats);
         }
         match ev.what {
-            What::MmapLockStart { mm, write } => {
+            What::MmapLockStart { mm, write, .. } => {
                 let ts_ns = ev.ts_ns;
                 self.touch(ev, stats).pending = Some(Pending {
                     mm,
@@ -200,7 +208,7 @@ impl MmapLocks {
                     ts_ns,
                 });
             }
-            What::MmapLockAcquired { mm, write, success } => {
+            What::MmapLockAcquired { mm, write, success, .. } => {
                 let t = self.touch(ev, stats);
                 t.pending = None;
                 if success {
@@ -211,9 +219,34 @@ impl MmapLocks {
                 self.released(ev, mm, Mode::of(write), stats, out)
             }
             What::TaskExit => self.exit(ev, out),
-            // Handled by the Model facade (a blind stretch for every rule).
-            What::Missed { .. } => {}
+            // Missed: handled by the Model facade (a blind stretch for every rule). The VMA
+            // kinds are judged by model::vma, with this state as one input.
+            _ => {}
         }
+    }
+
+    /// What the stream says task `ev.tid` holds of `mm` now: a mode, certainly nothing, or
+    /// unknown (it may hold it from before tracing or a loss).
+    pub(crate) fn holding(&self, ev: &Event, mm: u64) -> Holding {
+        let t = self.tasks.get(&ev.tid);
+        if let Some(h) = t.and_then(|t| t.holds.iter().find(|h| h.mm == mm)) {
+            return Holding::Held(h.mode);
+        }
+        let known = t.is_some_and(|t| t.known.contains(&mm));
+        if known || (ev.task_new && self.task_new_trusted && !self.evicted.contains(&ev.tid)) {
+            Holding::Nothing
+        } else {
+            Holding::Unknown
+        }
+    }
+
+    /// The proving events of task `tid`'s hold on `mm`, if any.
+    pub(crate) fn hold_proof(&self, tid: u32, mm: u64) -> Vec<Event> {
+        self.tasks
+            .get(&tid)
+            .and_then(|t| t.holds.iter().find(|h| h.mm == mm))
+            .map(|h| h.proof().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn tasks_tracked(&self) -> usize {
@@ -455,8 +488,7 @@ mod tests {
         What::MmapLockAcquired {
             mm,
             write,
-            success: true,
-        }
+            success: true, vma_read: None }
     }
     fn rel(mm: u64, write: bool) -> What {
         What::MmapLockReleased { mm, write }
@@ -487,6 +519,7 @@ mod tests {
                 task_new: tid >= FIRST_NEW,
                 lost_before: 0,
                 loss_epoch: 0,
+                stack: None,
                 what,
             }
         }
@@ -505,8 +538,8 @@ mod tests {
 
         /// Feeds events that must produce no verdict.
         fn quiet(&mut self, events: &[(u32, What)]) {
-            for &(tid, what) in events {
-                let v = self.feed(tid, what);
+            for (tid, what) in events {
+                let v = self.feed(*tid, what.clone());
                 assert!(v.is_empty(), "unexpected verdicts after {what:?}: {v:?}");
             }
         }
@@ -562,7 +595,7 @@ mod tests {
     #[test]
     fn failed_trylock_leaves_no_hold() {
         let mut r = Run::new();
-        r.quiet(&[(NEW, What::MmapLockStart { mm: A, write: true })]);
+        r.quiet(&[(NEW, What::MmapLockStart { mm: A, write: true, vma_read: None })]);
         let waiting: Vec<_> = r
             .model
             .waiting()
@@ -574,8 +607,7 @@ mod tests {
             What::MmapLockAcquired {
                 mm: A,
                 write: true,
-                success: false,
-            },
+                success: false, vma_read: None },
         )]);
         assert!(r.held(NEW).is_empty());
         assert_eq!(r.model.waiting().count(), 0);
@@ -763,8 +795,7 @@ mod tests {
             102,
             What::MmapLockStart {
                 mm: A,
-                write: false,
-            },
+                write: false, vma_read: None },
         );
         lossy.lost_before = 3;
         lossy.loss_epoch = 3;
@@ -789,7 +820,7 @@ mod tests {
     fn stats_count_events_by_kind() {
         let mut r = Run::new();
         r.quiet(&[
-            (NEW, What::MmapLockStart { mm: A, write: true }),
+            (NEW, What::MmapLockStart { mm: A, write: true, vma_read: None }),
             (NEW, acq(A, true)),
         ]);
         r.quiet(&[(NEW, rel(A, true)), (NEW, What::TaskExit)]);

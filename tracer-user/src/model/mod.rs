@@ -6,14 +6,16 @@
 mod mmap_lock;
 mod rules;
 mod verdict;
+mod vma;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use crate::event::{Event, What, kind_name};
 pub use mmap_lock::Mode;
-pub use rules::{RULES, Rule, rule};
+pub use rules::{Availability, RULES, Rule, Status, rule};
+pub use vma::UNLOCKED_FLAG_BITS;
 pub use verdict::{TaskRef, Verdict};
 
 /// Counters for summaries and for judging how much the verdicts can be trusted.
@@ -44,6 +46,9 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub struct Model {
     mmap_locks: mmap_lock::MmapLocks,
+    vma_rules: vma::VmaRules,
+    /// Kernel stacks by id, from the stream's `stack` lines.
+    stacks: HashMap<u32, Vec<String>>,
     stats: Stats,
     /// Events left in a stretch where the kernel skipped hook hits (see `What::Missed`): state
     /// is rebuilt there but nothing is judged, and it is forgotten again at the end.
@@ -58,28 +63,45 @@ impl Model {
     /// Judges one event, appending any verdicts it proves to `out`.
     pub fn apply(&mut self, ev: &Event, out: &mut Vec<Verdict>) {
         *self.stats.events.entry(kind_name(ev.kind())).or_default() += 1;
-        if let What::Missed { count, span } = ev.what {
-            // The skipped hits lie somewhere in the next `span` events: forget now, judge
-            // nothing until the stretch ends, then forget what was learned inside it.
-            self.stats.missed_events += count;
-            self.mmap_locks.resync(&mut self.stats);
-            self.blind = span;
-            return;
+        match &ev.what {
+            What::Missed { count, span } => {
+                // The skipped hits lie somewhere in the next `span` events: forget now, judge
+                // nothing until the stretch ends, then forget what was learned inside it.
+                self.stats.missed_events += count;
+                self.resync();
+                self.blind = *span;
+                return;
+            }
+            What::Stack { id, frames } => {
+                self.stacks.insert(*id, frames.clone());
+                return;
+            }
+            _ => {}
         }
         let first_new = out.len();
+        // The VMA rules read the mmap_lock state as it was before this event.
+        self.vma_rules.apply(ev, &self.mmap_locks, out);
         self.mmap_locks.apply(ev, &mut self.stats, out);
         if self.blind > 0 {
             self.stats.suppressed_verdicts += (out.len() - first_new) as u64;
             out.truncate(first_new);
             self.blind -= 1;
             if self.blind == 0 {
-                self.mmap_locks.resync(&mut self.stats);
+                self.resync();
             }
         }
-        for v in &out[first_new..] {
+        for v in &mut out[first_new..] {
             *self.stats.verdicts.entry(v.rule).or_default() += 1;
+            if let Some(frames) = ev.stack.and_then(|id| self.stacks.get(&id)) {
+                v.stack = frames.clone();
+            }
         }
         self.stats.tasks_tracked = self.mmap_locks.tasks_tracked();
+    }
+
+    fn resync(&mut self) {
+        self.mmap_locks.resync(&mut self.stats);
+        self.vma_rules.forget();
     }
 
     pub fn stats(&self) -> &Stats {
@@ -102,8 +124,7 @@ impl Model {
     fn with_max_tasks(max_tasks: usize) -> Self {
         Model {
             mmap_locks: mmap_lock::MmapLocks::with_max_tasks(max_tasks),
-            stats: Stats::default(),
-            blind: 0,
+            ..Default::default()
         }
     }
 }

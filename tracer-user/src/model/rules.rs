@@ -3,6 +3,8 @@
 //! Unimplemented rules are listed too, so `vmalock probe` can tell which of them a kernel's
 //! hooks would allow checking, and reports can cite a rule by id with its source and fix.
 
+use tracer_common::layout;
+
 /// One locking rule, as documented in the kernel.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -20,6 +22,12 @@ pub struct Rule {
     pub needs: &'static [&'static str],
     /// Whether the model checks it today.
     pub implemented: bool,
+    /// Kernel functions any one of which, hooked, checks it live.
+    pub live_hooks: &'static [&'static str],
+    /// Whether VMA snapshots (iter/task_vma) check it too.
+    pub by_snapshot: bool,
+    /// tracer_common::layout bits without which the rule does not apply to a kernel.
+    pub layout: u32,
 }
 
 pub static RULES: &[Rule] = &[
@@ -37,95 +45,133 @@ pub static RULES: &[Rule] = &[
             another context only with mmap_read_unlock_non_owner.",
         needs: &["tracepoint:mmap_lock", "sched_process_exit"],
         implemented: true,
+        live_hooks: &[],
+        by_snapshot: false,
+        layout: 0,
     },
     Rule {
-        id: "vma-write-needs-mmap-write",
+        id: VMA_WRITE_NEEDS_MMAP_WRITE,
         title: "vma_start_write needs mmap_lock held for write",
         explanation: "A VMA may only be write-locked by a task holding its mm's mmap_lock for \
-            write: vm_lock_seq is published from mm_lock_seq, which only the mmap write lock \
-            keeps stable.",
-        source: "include/linux/mmap_lock.h vma_start_write/__vma_start_write \
-            (mmap_assert_write_locked)",
+            write: vm_lock_seq is set from mm_lock_seq, which only the mmap write lock keeps \
+            stable, and only mmap_write_unlock/downgrade (vma_end_write_all) releases VMA write \
+            locks. Checked at __vma_start_write (6.13+) against the mmap rwsem's owner, and by \
+            snapshot: a VMA still write-locked while the iterator holds mmap_lock for read was \
+            locked outside a write section.",
+        source: "include/linux/mmap_lock.h vma_start_write, __is_vma_write_locked \
+            (mmap_assert_write_locked), vma_end_write_all; Documentation/mm/process_addrs.rst \
+            \"To take a VMA write lock you must have already acquired an mmap_write_lock\"",
         fix: "Take mmap_write_lock (or upgrade the path to it) before calling vma_start_write or \
-            any helper that write-locks a VMA.",
-        needs: &["tracepoint:mmap_lock", "fentry:__vma_start_write"],
-        implemented: false,
-    },
-    Rule {
-        id: "pagewalk-lock-mode",
-        title: "page walks hold mmap_lock in the mode their walk_lock asks for",
-        explanation: "walk_page_range and friends need mmap_lock held: for read at least with \
-            PGWALK_RDLOCK, for write with PGWALK_WRLOCK and PGWALK_WRLOCK_VERIFY.",
-        source: "mm/pagewalk.c process_mm_walk_lock; enum page_walk_lock in \
-            include/linux/pagewalk.h",
-        fix: "Take the mmap_lock in the mode the mm_walk_ops' walk_lock declares, or declare the \
-            walk_lock that matches the lock the caller really holds.",
-        needs: &["tracepoint:mmap_lock", "fentry:walk_page_range"],
-        implemented: false,
-    },
-    Rule {
-        id: "pagewalk-vma-write",
-        title: "PGWALK_WRLOCK_VERIFY walks only write-locked VMAs",
-        explanation: "A walk declaring PGWALK_WRLOCK_VERIFY promises every VMA it visits is \
-            already write-locked (PGWALK_WRLOCK locks them itself), so page faults cannot run \
-            concurrently under per-VMA locks.",
-        source: "mm/pagewalk.c process_vma_walk_lock; include/linux/pagewalk.h",
-        fix: "vma_start_write every VMA in the range before the walk, or use PGWALK_WRLOCK so \
-            the walker locks each VMA.",
-        needs: &["fentry:walk_page_range", "fentry:__vma_start_write"],
-        implemented: false,
-    },
-    Rule {
-        id: "vm-flags-locked",
-        title: "vm_flags of an attached VMA change only under its write lock",
-        explanation: "vm_flags_set/clear/mod write-lock the VMA and vm_flags_reset asserts it, \
-            because per-VMA-lock page faults read vm_flags without mmap_lock.",
-        source: "include/linux/mm.h vm_flags_set/vm_flags_reset/vm_flags_mod → vma_start_write",
-        fix: "Change flags with the vm_flags_* helpers under mmap_write_lock instead of writing \
-            vm_flags directly; vm_flags_init is only for VMAs not yet in the tree.",
+            any helper that write-locks a VMA (vm_flags_set/clear/mod, vma_modify_*).",
         needs: &["fentry:__vma_start_write", "iter:task_vma"],
-        implemented: false,
+        implemented: true,
+        live_hooks: &["__vma_start_write"],
+        by_snapshot: true,
+        layout: layout::VMA_SEQ,
     },
     Rule {
-        id: "vma-prepare-prelocked",
+        id: PAGEWALK_LOCK_MODE,
+        title: "page walks hold the locks their walk_lock declares",
+        explanation: "walk_page_range, walk_page_vma and walk_page_range_vma check the caller's \
+            locks against ops->walk_lock: PGWALK_RDLOCK needs mmap_lock held (read or write), \
+            PGWALK_WRLOCK and PGWALK_WRLOCK_VERIFY need it held for write, \
+            PGWALK_VMA_RDLOCK_VERIFY needs the VMA read- or write-locked.",
+        source: "mm/pagewalk.c process_mm_walk_lock, process_vma_walk_lock; \
+            include/linux/pagewalk.h enum page_walk_lock",
+        fix: "Take the mmap_lock in the mode the mm_walk_ops' walk_lock declares (e.g. \
+            mmap_read_lock for PGWALK_RDLOCK, mmap_write_lock for PGWALK_WRLOCK), or declare the \
+            walk_lock that matches the lock the caller really holds.",
+        needs: &["fentry:walk_page_range", "fentry:walk_page_vma"],
+        implemented: true,
+        live_hooks: &["walk_page_range", "walk_page_range_mm", "walk_page_vma", "walk_page_range_vma"],
+        by_snapshot: false,
+        layout: layout::WALK,
+    },
+    Rule {
+        id: PAGEWALK_VMA_WRITE,
+        title: "a walk under the mmap write lock write-locks every VMA it visits",
+        explanation: "With PGWALK_WRLOCK the walker write-locks each VMA before walking it; \
+            PGWALK_WRLOCK_VERIFY promises each is already write-locked. Otherwise page faults \
+            under per-VMA locks run concurrently with the walk (the s390_reset_cmma bug of the \
+            2023 series).",
+        source: "mm/pagewalk.c process_vma_walk_lock (vma_start_write / \
+            vma_assert_write_locked); include/linux/pagewalk.h",
+        fix: "Walk with PGWALK_WRLOCK so the walker locks each VMA, or vma_start_write every VMA \
+            in the range before a PGWALK_WRLOCK_VERIFY walk.",
+        needs: &["fentry:__walk_page_range", "fentry:walk_page_vma"],
+        implemented: true,
+        live_hooks: &["__walk_page_range", "walk_page_vma", "walk_page_range_vma"],
+        by_snapshot: false,
+        layout: layout::WALK | layout::VMA_SEQ,
+    },
+    Rule {
+        id: VM_FLAGS_LOCKED,
+        title: "vm_flags, vm_page_prot, vm_policy, vm_userfaultfd_ctx change only under the VMA write lock",
+        explanation: "Page faults under per-VMA locks read these fields without mmap_lock, so a \
+            change must write-lock the VMA first (vm_flags_set/clear/mod/reset do). A snapshot \
+            that finds one of them changed while vm_lock_seq did not move proves a change \
+            without the VMA write lock.",
+        source: "include/linux/mm.h vm_flags_set/vm_flags_clear/vm_flags_mod/vm_flags_reset; \
+            include/linux/mm_types.h (\"To modify use vm_flags_{init|reset|set|clear|mod}\"); \
+            Documentation/mm/process_addrs.rst field table",
+        fix: "Change flags with the vm_flags_* helpers under mmap_write_lock (they \
+            vma_start_write first) instead of writing the field directly; vm_flags_init is only \
+            for VMAs not yet in the tree.",
+        needs: &["iter:task_vma"],
+        implemented: true,
+        live_hooks: &[],
+        by_snapshot: true,
+        layout: layout::VMA_SEQ,
+    },
+    Rule {
+        id: VMA_PREPARE_PRELOCKED,
         title: "VMAs handed to vma_prepare are write-locked",
-        explanation: "vma_prepare's vma, adj_next, remove and remove2 are about to be changed \
-            or freed, so each must be write-locked first to fence off per-VMA-lock readers.",
-        source: "mm/vma.c vma_prepare; mm/vma.h struct vma_prepare",
+        explanation: "vma_prepare takes the file and anon_vma locks but does not lock VMAs: its \
+            vma, adj_next, remove and remove2 are about to be changed or freed, so the caller \
+            must have write-locked each to fence off per-VMA-lock readers.",
+        source: "mm/vma.c vma_prepare and its callers (vma_expand, vma_shrink, __split_vma, \
+            commit_merge); mm/vma.h struct vma_prepare",
         fix: "vma_start_write every VMA the operation touches before vma_prepare (merge, split, \
             expand and shrink paths).",
-        needs: &["fentry:vma_prepare", "fentry:__vma_start_write"],
-        implemented: false,
+        needs: &["fentry:vma_prepare"],
+        implemented: true,
+        live_hooks: &["vma_prepare"],
+        by_snapshot: false,
+        layout: layout::VMA_PREPARE | layout::VMA_SEQ,
     },
     Rule {
-        id: "new-vma-locked",
+        id: NEW_VMA_LOCKED,
         title: "new VMAs are write-locked before they become visible",
         explanation: "A VMA inserted into the mm's maple tree is visible to lock_vma_under_rcu at \
-            once, so it must be write-locked until it is fully initialised.",
-        source: "mm/vma.c __mmap_region/__mmap_new_vma, vma_link; mm/mmap.c do_brk_flags, \
-            __install_special_mapping",
+            once, so it must be write-locked until it is fully initialised. Checked when \
+            vma_link and _install_special_mapping return, and by snapshot: a VMA new to a \
+            running mm still at vm_lock_seq == UINT_MAX was never write-locked.",
+        source: "mm/vma.c vma_link, __mmap_region; mm/mmap.c do_brk_flags, \
+            __install_special_mapping (the 2023 series: \"mm: lock newly mapped VMA\")",
         fix: "vma_start_write the new VMA before vma_iter_store/vma_link, as the mmap and brk \
             paths do.",
-        needs: &[
-            "fentry:do_brk_flags",
-            "fentry:__install_special_mapping",
-            "fentry:__mmap_region",
-            "fentry:__vma_start_write",
-        ],
-        implemented: false,
+        needs: &["fexit:vma_link", "fexit:_install_special_mapping", "iter:task_vma"],
+        implemented: true,
+        live_hooks: &["vma_link", "_install_special_mapping"],
+        by_snapshot: true,
+        layout: layout::VMA_SEQ,
     },
     Rule {
-        id: "no-mmap-under-vma-read",
+        id: NO_MMAP_UNDER_VMA_READ,
         title: "no mmap_lock while holding a VMA read lock",
         explanation: "A task holding a per-VMA read lock from lock_vma_under_rcu must vma_end_read \
             before taking mmap_lock: a writer holding mmap_lock waits in vma_start_write for \
             that reader, which waits for mmap_lock (ABBA).",
         source: "mm/memory.c lock_vma_under_rcu; include/linux/mmap_lock.h vma_end_read; \
-            Documentation/mm/process_addrs.rst",
+            Documentation/mm/process_addrs.rst (\"attempting to do the reverse is invalid as it \
+            can result in deadlock\")",
         fix: "Drop the VMA lock with vma_end_read (or return VM_FAULT_RETRY and let the caller \
             retry under mmap_lock) before taking the mmap_lock.",
-        needs: &["fentry:lock_vma_under_rcu", "tracepoint:mmap_lock"],
-        implemented: false,
+        needs: &["fexit:lock_vma_under_rcu", "tracepoint:mmap_lock"],
+        implemented: true,
+        live_hooks: &["lock_vma_under_rcu"],
+        by_snapshot: false,
+        layout: layout::VMA_SEQ,
     },
     Rule {
         id: "lock-order",
@@ -145,8 +191,86 @@ pub static RULES: &[Rule] = &[
             "fentry:up_read",
         ],
         implemented: false,
+        live_hooks: &[],
+        by_snapshot: false,
+        layout: 0,
     },
 ];
+
+/// What a kernel and a run make available to the rules (from the loader, or a trace header).
+#[derive(Clone, Debug, Default)]
+pub struct Availability {
+    /// The mmap_lock tracepoints are attached.
+    pub tracepoints: bool,
+    /// Kernel functions hooked (fentry/fexit/kprobe/kretprobe).
+    pub hooks: Vec<String>,
+    /// tracer_common::layout bits resolved from BTF.
+    pub layout: u32,
+    /// The iter/task_vma snapshot works.
+    pub snapshot: bool,
+}
+
+/// How a rule is checked on a kernel.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Live,
+    /// Live hooks unavailable; VMA snapshots still check it.
+    SnapshotOnly,
+    /// The kernel lacks what the rule is about (e.g. no per-VMA locks before 6.4).
+    NotApplicable(String),
+    /// Applicable, but nothing that could check it is available here.
+    Unavailable(String),
+    NotImplemented,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Live => write!(f, "checked live"),
+            Status::SnapshotOnly => write!(f, "checked by snapshot only"),
+            Status::NotApplicable(w) => write!(f, "not applicable: {w}"),
+            Status::Unavailable(w) => write!(f, "cannot be checked here: {w}"),
+            Status::NotImplemented => write!(f, "not implemented yet"),
+        }
+    }
+}
+
+impl Rule {
+    pub fn status(&self, a: &Availability) -> Status {
+        if !self.implemented {
+            return Status::NotImplemented;
+        }
+        if self.layout & layout::VMA_SEQ != 0 && a.layout & layout::VMA_SEQ == 0 {
+            return Status::NotApplicable("this kernel has no per-VMA locks (vm_lock_seq, CONFIG_PER_VMA_LOCK)".into());
+        }
+        if self.layout & layout::WALK != 0 && a.layout & layout::WALK == 0 {
+            return Status::NotApplicable("this kernel's mm_walk_ops has no walk_lock".into());
+        }
+        if self.layout & layout::VMA_PREPARE != 0 && a.layout & layout::VMA_PREPARE == 0 {
+            return Status::NotApplicable("this kernel has no struct vma_prepare".into());
+        }
+        let tp_ok = a.tracepoints || !self.needs.iter().any(|n| n.starts_with("tracepoint:"));
+        let live = if self.live_hooks.is_empty() {
+            self.id == "mmap-lock-balance" && a.tracepoints
+        } else {
+            tp_ok && self.live_hooks.iter().any(|h| a.hooks.iter().any(|x| x == h))
+        };
+        if live {
+            Status::Live
+        } else if self.by_snapshot && a.snapshot {
+            Status::SnapshotOnly
+        } else if self.live_hooks.is_empty() && !self.by_snapshot {
+            Status::Unavailable("needs the mmap_lock tracepoints".into())
+        } else {
+            let mut what: Vec<String> = self.live_hooks.iter().map(|h| format!("a hook on {h}")).collect();
+            if self.by_snapshot {
+                what.push("iter/task_vma snapshots".into());
+            }
+            Status::Unavailable(format!("needs {}", what.join(" or ")))
+        }
+    }
+}
 
 /// The catalogued rule with this id.
 pub fn rule(id: &str) -> Option<&'static Rule> {
@@ -155,6 +279,13 @@ pub fn rule(id: &str) -> Option<&'static Rule> {
 
 /// Id of the one rule the mmap_lock state machine checks.
 pub const MMAP_LOCK_BALANCE: &str = "mmap-lock-balance";
+pub const VMA_WRITE_NEEDS_MMAP_WRITE: &str = "vma-write-needs-mmap-write";
+pub const PAGEWALK_LOCK_MODE: &str = "pagewalk-lock-mode";
+pub const PAGEWALK_VMA_WRITE: &str = "pagewalk-vma-write";
+pub const VM_FLAGS_LOCKED: &str = "vm-flags-locked";
+pub const VMA_PREPARE_PRELOCKED: &str = "vma-prepare-prelocked";
+pub const NEW_VMA_LOCKED: &str = "new-vma-locked";
+pub const NO_MMAP_UNDER_VMA_READ: &str = "no-mmap-under-vma-read";
 
 #[cfg(test)]
 mod tests {
@@ -174,18 +305,30 @@ mod tests {
     }
 
     #[test]
-    fn only_mmap_lock_balance_is_implemented() {
-        let implemented: Vec<_> = RULES
-            .iter()
-            .filter(|r| r.implemented)
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(implemented, [MMAP_LOCK_BALANCE]);
-        assert!(
-            rule(MMAP_LOCK_BALANCE)
-                .unwrap()
-                .needs
-                .contains(&"sched_process_exit")
-        );
+    fn every_rule_but_lock_order_is_implemented() {
+        let pending: Vec<_> = RULES.iter().filter(|r| !r.implemented).map(|r| r.id).collect();
+        assert_eq!(pending, ["lock-order"]);
+    }
+
+    fn avail(hooks: &[&str], layout: u32, snapshot: bool) -> Availability {
+        Availability { tracepoints: true, hooks: hooks.iter().map(|s| s.to_string()).collect(), layout, snapshot }
+    }
+
+    #[test]
+    fn status_follows_hooks_layout_and_snapshots() {
+        let r = rule(VMA_WRITE_NEEDS_MMAP_WRITE).unwrap();
+        let seq = layout::VMA_SEQ | layout::WALK;
+        assert_eq!(r.status(&avail(&["__vma_start_write"], seq, true)), Status::Live);
+        assert_eq!(r.status(&avail(&[], seq, true)), Status::SnapshotOnly);
+        assert!(matches!(r.status(&avail(&[], seq, false)), Status::Unavailable(w) if w.contains("__vma_start_write")));
+        // 6.1: no per-VMA locks at all.
+        assert!(matches!(r.status(&avail(&["__vma_start_write"], 0, true)), Status::NotApplicable(_)));
+        let walk = rule(PAGEWALK_LOCK_MODE).unwrap();
+        assert_eq!(walk.status(&avail(&["walk_page_vma"], seq, false)), Status::Live);
+        assert!(matches!(walk.status(&avail(&["walk_page_vma"], layout::VMA_SEQ, false)), Status::NotApplicable(w) if w.contains("walk_lock")));
+        let no_tp = Availability { tracepoints: false, ..avail(&["lock_vma_under_rcu"], seq, false) };
+        assert!(matches!(rule(NO_MMAP_UNDER_VMA_READ).unwrap().status(&no_tp), Status::Unavailable(_)));
+        assert_eq!(rule(MMAP_LOCK_BALANCE).unwrap().status(&avail(&[], 0, false)), Status::Live);
+        assert_eq!(rule("lock-order").unwrap().status(&avail(&[], seq, true)), Status::NotImplemented);
     }
 }

@@ -49,6 +49,9 @@ pub struct Verdict {
     pub ts_ns: u64,
     /// The proving events, oldest first.
     pub events: Vec<Event>,
+    /// The kernel stack of the offending site, innermost first, symbolized when recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
 }
 
 impl Verdict {
@@ -69,6 +72,7 @@ impl Verdict {
             mm,
             ts_ns: ev.ts_ns,
             events,
+            stack: Vec::new(),
         }
     }
 
@@ -84,6 +88,12 @@ impl Verdict {
         s += "  events:\n";
         for ev in &self.events {
             s += &format!("    {}\n", EventLine(ev));
+        }
+        if !self.stack.is_empty() {
+            s += "  stack:\n";
+            for f in &self.stack {
+                s += &format!("    {f}\n");
+            }
         }
         s
     }
@@ -133,19 +143,43 @@ impl fmt::Display for EventLine<'_> {
             TaskRef::from(ev),
             kind_name(ev.kind())
         )?;
-        match ev.what {
-            What::MmapLockStart { mm, write } | What::MmapLockReleased { mm, write } => {
-                write!(f, " mm {mm:#x} {}", mode(write))
-            }
-            What::MmapLockAcquired { mm, write, success } => {
-                write!(
-                    f,
-                    " mm {mm:#x} {}{}",
-                    mode(write),
-                    if success { "" } else { " failed" }
-                )
+        let vma_read = |v: Option<u64>| v.map(|v| format!(" holding VMA {v:#x} read-locked")).unwrap_or_default();
+        match &ev.what {
+            What::MmapLockStart { mm, write, vma_read: v } => write!(f, " mm {mm:#x} {}{}", mode(*write), vma_read(*v)),
+            What::MmapLockReleased { mm, write } => write!(f, " mm {mm:#x} {}", mode(*write)),
+            What::MmapLockAcquired { mm, write, success, vma_read: v } => {
+                write!(f, " mm {mm:#x} {}{}{}", mode(*write), if *success { "" } else { " failed" }, vma_read(*v))
             }
             What::TaskExit => Ok(()),
+            What::VmaWriteLock { mm, vma, facts } => {
+                write!(f, " mm {mm:#x} vma {vma:#x} [{}]", facts.names().join(" "))
+            }
+            What::PageWalk { mm, vma, walk_lock, site, facts } => write!(
+                f,
+                " {} mm {mm:#x} vma {vma:#x} {} [{}]",
+                crate::event::site_name(*site),
+                walk_lock.map_or("no walk_lock", |w| w.name()),
+                facts.names().join(" ")
+            ),
+            What::PageWalkVma { mm, vma, walk_lock, facts } => write!(
+                f,
+                " mm {mm:#x} vma {vma:#x} {} [{}]",
+                walk_lock.map_or("no walk_lock", |w| w.name()),
+                facts.names().join(" ")
+            ),
+            What::VmaPrepare { mm, vma, unlocked, facts, .. } => {
+                write!(f, " mm {mm:#x} vma {vma:#x} unlocked [{}] [{}]", unlocked.join(" "), facts.names().join(" "))
+            }
+            What::VmaNew { mm, vma, site, facts } => {
+                write!(f, " {} mm {mm:#x} vma {vma:#x} [{}]", crate::event::site_name(*site), facts.names().join(" "))
+            }
+            What::VmaSnapshot { mm, vma, vm_start, changes, flags_changed, facts } => write!(
+                f,
+                " mm {mm:#x} vma {vma:#x} at {vm_start:#x} changed [{}] flags {flags_changed:#x} [{}]",
+                changes.join(" "),
+                facts.names().join(" ")
+            ),
+            What::Stack { id, frames } => write!(f, " stack {id}: {} frames", frames.len()),
             What::Missed { count, span } => write!(f, " {count} hook hits skipped by the kernel within the next {span} events"),
         }
     }
@@ -165,6 +199,7 @@ mod tests {
             task_new: false,
             lost_before: 0,
             loss_epoch: 0,
+            stack: None,
             what,
         }
     }
@@ -175,8 +210,7 @@ mod tests {
             What::MmapLockAcquired {
                 mm: 0xffff_8880_0000_1000,
                 write: true,
-                success: true,
-            },
+                success: true, vma_read: None },
         );
         let rel = ev(
             12_345_678_901,

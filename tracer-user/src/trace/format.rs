@@ -107,6 +107,7 @@ mod tests {
             task_new: true,
             lost_before: 0,
             loss_epoch: 0,
+            stack: None,
             what: What::MmapLockReleased {
                 mm: 0xffff_8880_0000_1000,
                 write: true,

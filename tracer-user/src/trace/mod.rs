@@ -47,11 +47,12 @@ mod tests {
             task_new,
             lost_before,
             loss_epoch: lost_before,
+            stack: None,
             what,
         };
         let mm = 0xffff_8880_1234_5000;
         vec![
-            ev(2_000, false, 0, What::MmapLockStart { mm, write: true }),
+            ev(2_000, false, 0, What::MmapLockStart { mm, write: true, vma_read: None }),
             ev(
                 3_000,
                 true,
@@ -59,8 +60,7 @@ mod tests {
                 What::MmapLockAcquired {
                     mm,
                     write: true,
-                    success: true,
-                },
+                    success: true, vma_read: None },
             ),
             ev(4_000, false, 7, What::MmapLockReleased { mm, write: true }),
             ev(5_000, false, 0, What::TaskExit),

@@ -1,0 +1,354 @@
+//! VMA-lock, page-walk and VMA-change probes. Each hook has an fentry/fexit program and a
+//! kprobe/kretprobe twin: the loader attaches fentry where the kernel allows trampolines and the
+//! kprobe otherwise. The section names are defaults; the loader picks targets by name from BTF.
+//!
+//! Every program reads the lock state the rules need at the hook (crate::kernel) and sends it as
+//! facts; the model judges. Per-VMA read locks are on the page-fault path, so they are kept in a
+//! per-task map and counted here, and only surface in the event of an mmap_lock taken under one.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::LruHashMap,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use tracer_common::{counter, kind, layout, prepare_role, site};
+
+use crate::{
+    emit::{Body, count, emit_body, stack_id, traced},
+    kernel::{layout, mmap_facts, read, vma_facts, vma_mm},
+};
+
+/// The per-VMA read lock each traced task holds now: tid → vma (lock_vma_under_rcu returned
+/// it, vma_end_read has not run). LRU so a task whose release we never saw cannot fill it.
+#[map]
+pub static TASK_VMA_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Argument access shared by the fentry/fexit and kprobe contexts.
+pub trait Args: EbpfContext + StackIdContext {
+    fn arg_u64(&self, n: usize) -> u64;
+}
+/// fentry/fexit arguments are typed by BTF: the verifier treats a pointer argument as a BTF
+/// pointer and refuses the variable-offset arithmetic our layout reads need. Reading the slot
+/// with bpf_probe_read_kernel gives a plain number instead (the slots are the trampoline's u64
+/// argument array).
+#[inline(always)]
+fn ctx_slot<C: EbpfContext>(ctx: &C, n: usize) -> u64 {
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(n)) }.unwrap_or(0)
+}
+impl Args for FEntryContext {
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        ctx_slot(self, n)
+    }
+}
+impl Args for FExitContext {
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        ctx_slot(self, n)
+    }
+}
+impl Args for ProbeContext {
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        self.arg(n).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// A kernel pointer return that is neither NULL nor an ERR_PTR.
+#[inline(always)]
+fn valid_ptr(p: u64) -> bool {
+    p != 0 && p < (-4095i64) as u64
+}
+
+/// `ops->walk_lock`, or u64::MAX where this kernel's mm_walk_ops has none (before 6.5).
+#[inline(always)]
+fn walk_lock(ops: u64) -> u64 {
+    let l = layout();
+    if l.known & layout::WALK == 0 {
+        return u64::MAX;
+    }
+    read::<u32>(ops, l.ops_walk_lock).map(u64::from).unwrap_or(u64::MAX)
+}
+
+// ---- VMA write lock: __vma_start_write(vma, …), 6.13+ (the second argument changed in 7.x) ---
+
+#[inline(always)]
+fn on_vma_start_write<C: Args>(ctx: &C) {
+    if !traced() {
+        return;
+    }
+    let l = layout();
+    let vma = ctx.arg_u64(0);
+    let mm = vma_mm(&l, vma);
+    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    let body = Body { mm, vma, args: [0, 0, 0], facts, stack_id: stack_id(ctx) };
+    emit_body(ctx, kind::VMA_WRITE_LOCK, 0, &body);
+}
+
+#[fentry(function = "__vma_start_write")]
+pub fn vma_start_write_fentry(ctx: FEntryContext) -> u32 {
+    on_vma_start_write(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn vma_start_write_kprobe(ctx: ProbeContext) -> u32 {
+    on_vma_start_write(&ctx);
+    0
+}
+
+// ---- page walks: entry of each walk_page_* (OPS = index of `ops`) ----------------------------
+
+/// `MM_ARG`: the `mm` argument's index, or usize::MAX when the first argument is a VMA (or, for
+/// walk_page_mapping, an address_space: no mm at all).
+#[inline(always)]
+fn on_walk<C: Args, const OPS: usize, const SITE: u64>(ctx: &C) {
+    if !traced() {
+        return;
+    }
+    let l = layout();
+    let first = ctx.arg_u64(0);
+    let (mm, vma) = match SITE {
+        site::WALK_PAGE_RANGE | site::WALK_PAGE_RANGE_MM | site::WALK_PAGE_RANGE_MM_UNSAFE => (first, 0),
+        site::WALK_PAGE_MAPPING => (0, 0),
+        _ => (vma_mm(&l, first), first),
+    };
+    let mut facts = if mm != 0 { mmap_facts(&l, mm) } else { 0 };
+    if vma != 0 {
+        facts |= vma_facts(&l, mm, vma);
+    }
+    let body = Body { mm, vma, args: [walk_lock(ctx.arg_u64(OPS)), SITE, 0], facts, stack_id: stack_id(ctx) };
+    emit_body(ctx, kind::PAGEWALK, 0, &body);
+}
+
+macro_rules! walk_programs {
+    ($fentry:ident, $kprobe:ident, $func:literal, $ops:literal, $site:expr) => {
+        #[fentry(function = $func)]
+        pub fn $fentry(ctx: FEntryContext) -> u32 {
+            on_walk::<_, $ops, { $site }>(&ctx);
+            0
+        }
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            on_walk::<_, $ops, { $site }>(&ctx);
+            0
+        }
+    };
+}
+
+walk_programs!(walk_page_range_fentry, walk_page_range_kprobe, "walk_page_range", 3, site::WALK_PAGE_RANGE);
+walk_programs!(walk_page_range_mm_fentry, walk_page_range_mm_kprobe, "walk_page_range_mm", 3, site::WALK_PAGE_RANGE_MM);
+walk_programs!(walk_page_vma_fentry, walk_page_vma_kprobe, "walk_page_vma", 1, site::WALK_PAGE_VMA);
+walk_programs!(walk_page_range_vma_fentry, walk_page_range_vma_kprobe, "walk_page_range_vma", 3, site::WALK_PAGE_RANGE_VMA);
+walk_programs!(walk_page_range_mm_unsafe_fentry, walk_page_range_mm_unsafe_kprobe, "walk_page_range_mm_unsafe", 3, site::WALK_PAGE_RANGE_MM_UNSAFE);
+walk_programs!(walk_page_range_vma_unsafe_fentry, walk_page_range_vma_unsafe_kprobe, "walk_page_range_vma_unsafe", 3, site::WALK_PAGE_RANGE_VMA_UNSAFE);
+walk_programs!(walk_page_mapping_fentry, walk_page_mapping_kprobe, "walk_page_mapping", 3, site::WALK_PAGE_MAPPING);
+
+/// The per-VMA step: `__walk_page_range(start, end, walk)`, entered after the walker applied
+/// process_vma_walk_lock() to `walk->vma` (mm/pagewalk.c).
+#[inline(always)]
+fn on_walk_step<C: Args>(ctx: &C) {
+    if !traced() {
+        return;
+    }
+    let l = layout();
+    if l.known & layout::WALK == 0 {
+        return;
+    }
+    let walk = ctx.arg_u64(2);
+    let vma = read::<u64>(walk, l.walk_vma).unwrap_or(0);
+    if vma == 0 {
+        return; // walk_page_range_novma: no VMA to lock
+    }
+    let mm = read::<u64>(walk, l.walk_mm).unwrap_or(0);
+    let ops = read::<u64>(walk, l.walk_ops).unwrap_or(0);
+    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    let body = Body { mm, vma, args: [walk_lock(ops), 0, 0], facts, stack_id: stack_id(ctx) };
+    emit_body(ctx, kind::PAGEWALK_VMA, 0, &body);
+}
+
+#[fentry(function = "__walk_page_range")]
+pub fn walk_step_fentry(ctx: FEntryContext) -> u32 {
+    on_walk_step(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn walk_step_kprobe(ctx: ProbeContext) -> u32 {
+    on_walk_step(&ctx);
+    0
+}
+
+// ---- vma_prepare(vp): the VMAs it is handed must already be write-locked ---------------------
+
+#[inline(always)]
+fn on_vma_prepare<C: Args>(ctx: &C) {
+    if !traced() {
+        return;
+    }
+    let l = layout();
+    if l.known & layout::VMA_PREPARE == 0 {
+        return;
+    }
+    let vp = ctx.arg_u64(0);
+    let vma = read::<u64>(vp, l.vp_vma).unwrap_or(0);
+    let mm = vma_mm(&l, vma);
+    let mut unlocked = 0u64;
+    let mut first = 0u64;
+    let roles = [
+        (l.vp_vma, prepare_role::VMA),
+        (l.vp_adj_next, prepare_role::ADJ_NEXT),
+        (l.vp_remove, prepare_role::REMOVE),
+        (l.vp_remove2, prepare_role::REMOVE2),
+    ];
+    for (off, role) in roles {
+        let v = read::<u64>(vp, off).unwrap_or(0);
+        if v == 0 {
+            continue;
+        }
+        let f = vma_facts(&l, mm, v);
+        if f & tracer_common::fact::VMA_KNOWN != 0 && f & tracer_common::fact::VMA_WRITE_LOCKED == 0 {
+            unlocked |= role;
+            if first == 0 {
+                first = v;
+            }
+        }
+    }
+    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    let body = Body { mm, vma, args: [unlocked, first, 0], facts, stack_id: stack_id(ctx) };
+    emit_body(ctx, kind::VMA_PREPARE, 0, &body);
+}
+
+#[fentry(function = "vma_prepare")]
+pub fn vma_prepare_fentry(ctx: FEntryContext) -> u32 {
+    on_vma_prepare(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn vma_prepare_kprobe(ctx: ProbeContext) -> u32 {
+    on_vma_prepare(&ctx);
+    0
+}
+
+// ---- new VMAs: just inserted, still inside the caller's mmap write section -------------------
+
+#[inline(always)]
+fn on_new_vma<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, site: u64) {
+    if !traced() || !valid_ptr(vma) {
+        return;
+    }
+    let l = layout();
+    let mm = vma_mm(&l, vma);
+    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    let body = Body { mm, vma, args: [site, 0, 0], facts, stack_id: stack_id(ctx) };
+    emit_body(ctx, kind::VMA_NEW, 0, &body);
+}
+
+/// `int vma_link(struct mm_struct *mm, struct vm_area_struct *vma)`: fexit only (a kretprobe
+/// has no arguments).
+#[fexit(function = "vma_link")]
+pub fn vma_link_fexit(ctx: FExitContext) -> u32 {
+    if ctx.arg_u64(2) as u32 == 0 {
+        on_new_vma(&ctx, ctx.arg_u64(1), site::VMA_LINK);
+    }
+    0
+}
+
+/// `_install_special_mapping(mm, addr, len, vm_flags, spec)` returns the new VMA.
+#[fexit(function = "_install_special_mapping")]
+pub fn install_special_fexit(ctx: FExitContext) -> u32 {
+    on_new_vma(&ctx, ctx.arg_u64(5), site::INSTALL_SPECIAL_MAPPING);
+    0
+}
+
+#[kretprobe]
+pub fn install_special_kretprobe(ctx: RetProbeContext) -> u32 {
+    let vma: u64 = ctx.ret();
+    on_new_vma(&ctx, vma, site::INSTALL_SPECIAL_MAPPING);
+    0
+}
+
+// ---- per-VMA read locks: lock_vma_under_rcu … vma_end_read ----------------------------------
+
+#[inline(always)]
+fn on_vma_read_locked(vma: u64) {
+    if !valid_ptr(vma) || !traced() {
+        return;
+    }
+    count(counter::VMA_READ_TAKEN);
+    let _ = TASK_VMA_READ.insert(&tid(), &vma, 0);
+}
+
+/// `struct vm_area_struct *lock_vma_under_rcu(struct mm_struct *mm, unsigned long address)`.
+#[fexit(function = "lock_vma_under_rcu")]
+pub fn lock_vma_fexit(ctx: FExitContext) -> u32 {
+    on_vma_read_locked(ctx.arg_u64(2));
+    0
+}
+
+#[kretprobe]
+pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
+    on_vma_read_locked(ctx.ret());
+    0
+}
+
+/// Forgets the current task's VMA read lock: `vma` must match, or 0 forgets whatever it is.
+#[inline(always)]
+fn on_vma_read_dropped(vma: u64) {
+    let t = tid();
+    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) } {
+        if vma == 0 || *held == vma {
+            count(counter::VMA_READ_DROPPED);
+            let _ = TASK_VMA_READ.remove(&t);
+        }
+    }
+}
+
+/// 6.15+: the out-of-line half of the inline vma_end_read().
+#[fentry(function = "vma_refcount_put")]
+pub fn vma_refcount_put_fentry(ctx: FEntryContext) -> u32 {
+    on_vma_read_dropped(ctx.arg_u64(0));
+    0
+}
+
+#[kprobe]
+pub fn vma_refcount_put_kprobe(ctx: ProbeContext) -> u32 {
+    on_vma_read_dropped(ctx.arg_u64(0));
+    0
+}
+
+/// Where vma_end_read() is fully inline (6.4-6.14), the fault path is the one user of
+/// lock_vma_under_rcu: the arch fault handler calls vma_end_read() right after
+/// handle_mm_fault() returns (or handle_mm_fault released it itself on RETRY/COMPLETED), and
+/// nothing between the two takes a lock, so its return ends the hold.
+#[fexit(function = "handle_mm_fault")]
+pub fn handle_mm_fault_fexit(_ctx: FExitContext) -> u32 {
+    on_vma_read_dropped(0);
+    0
+}
+
+#[kretprobe]
+pub fn handle_mm_fault_kretprobe(_ctx: RetProbeContext) -> u32 {
+    on_vma_read_dropped(0);
+    0
+}
+
+/// The VMA read lock the current task holds, if the read-lock probes are attached.
+#[inline(always)]
+pub fn held_vma_read() -> Option<u64> {
+    unsafe { TASK_VMA_READ.get(&tid()) }.copied()
+}
+
+/// A task that exits forgets its entry (an exit we missed is aged out by the LRU).
+#[inline(always)]
+pub fn forget_task() {
+    let _ = TASK_VMA_READ.remove(&tid());
+}
