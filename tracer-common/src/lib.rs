@@ -98,6 +98,10 @@ pub mod fact {
     /// The current task holds a per-VMA read lock (lock_vma_under_rcu returned and was not
     /// released yet); `vma` names it on MMAP_START.
     pub const TASK_VMA_READ: u32 = 1 << 11;
+    /// On an mmap_lock acquire under a per-VMA read lock: the attempt was a trylock
+    /// (down_read_trylock/down_write_trylock on this mm's mmap_lock ran since the start), which
+    /// cannot deadlock: mmap_read_trylock traces start_locking too, so only this tells them apart.
+    pub const TRYLOCK: u32 = 1 << 12;
 }
 
 /// `RawEvent::args[1]` bits of VMA_SNAPSHOT: what changed since this VMA's previous snapshot.

@@ -11,7 +11,7 @@ use tracer_common::{fact, flag, kind, tp_layout};
 use crate::{
     emit::{Body, emit, emit_body, stack_id},
     kernel::{layout, vma_facts, vma_mm},
-    vma::{forget_task, held_vma_read},
+    vma::{forget_task, held_vma_read, took_trylock},
 };
 
 /// Non-zero when the per-VMA read-lock probes exist on this kernel (set by the loader): only
@@ -37,7 +37,13 @@ fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, fl
     });
     match held {
         Some(vma) => {
-            let body = Body { mm, vma, facts: fact::TASK_VMA_READ, stack_id: stack_id(ctx), ..Default::default() };
+            let mut facts = fact::TASK_VMA_READ;
+            // Between start_locking and acquire_returned the lock itself runs: a trylock shows
+            // as down_*_trylock on this mm's mmap_lock.
+            if kind == tracer_common::kind::MMAP_ACQUIRED && took_trylock(mm + layout().mm_mmap_lock as u64) {
+                facts |= fact::TRYLOCK;
+            }
+            let body = Body { mm, vma, facts, stack_id: stack_id(ctx), ..Default::default() };
             emit_body(ctx, kind, flags, &body);
         }
         None => emit(ctx, kind, mm, flags),

@@ -127,8 +127,9 @@ pub fn snapshot_task_vma(ctx: *mut core::ffi::c_void) -> i32 {
     }
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     let changed = snap::FLAGS_CHANGED | snap::PAGE_PROT_CHANGED | snap::UFFD_CHANGED | snap::POLICY_CHANGED;
+    // A stale write lock is told once: when first seen, or when vm_lock_seq moved onto it.
     let tells = bits & changed != 0
-        || facts & fact::VMA_WRITE_LOCKED != 0
+        || (facts & fact::VMA_WRITE_LOCKED != 0 && bits & (snap::NEW | snap::LOCK_SEQ_MOVED) != 0)
         || (bits & snap::NEW != 0 && bits & snap::MM_SEEN_BEFORE != 0 && facts & fact::VMA_SEQ_UNSET != 0);
     if !tells {
         return 0;

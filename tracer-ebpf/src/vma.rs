@@ -25,6 +25,10 @@ use crate::{
 #[map]
 pub static TASK_VMA_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// The rwsem a task holding a per-VMA read lock last passed to down_*_trylock: tid → sem.
+#[map]
+pub static TASK_TRYLOCK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Argument access shared by the fentry/fexit and kprobe contexts.
 pub trait Args: EbpfContext + StackIdContext {
     fn arg_u64(&self, n: usize) -> u64;
@@ -341,6 +345,49 @@ pub fn handle_mm_fault_kretprobe(_ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// `down_read_trylock(sem)` / `down_write_trylock(sem)`: remembered only for tasks holding a
+/// per-VMA read lock (one map lookup for everyone else).
+#[inline(always)]
+fn on_trylock<C: Args>(ctx: &C) {
+    let t = tid();
+    if unsafe { TASK_VMA_READ.get(&t) }.is_some() {
+        let _ = TASK_TRYLOCK.insert(&t, &ctx.arg_u64(0), 0);
+    }
+}
+
+#[fentry(function = "down_read_trylock")]
+pub fn down_read_trylock_fentry(ctx: FEntryContext) -> u32 {
+    on_trylock(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn down_read_trylock_kprobe(ctx: ProbeContext) -> u32 {
+    on_trylock(&ctx);
+    0
+}
+
+#[fentry(function = "down_write_trylock")]
+pub fn down_write_trylock_fentry(ctx: FEntryContext) -> u32 {
+    on_trylock(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn down_write_trylock_kprobe(ctx: ProbeContext) -> u32 {
+    on_trylock(&ctx);
+    0
+}
+
+/// Whether the current task's last trylock was on `sem`; forgets it either way.
+#[inline(always)]
+pub fn took_trylock(sem: u64) -> bool {
+    let t = tid();
+    let hit = unsafe { TASK_TRYLOCK.get(&t) }.is_some_and(|s| *s == sem);
+    let _ = TASK_TRYLOCK.remove(&t);
+    hit
+}
+
 /// The VMA read lock the current task holds, if the read-lock probes are attached.
 #[inline(always)]
 pub fn held_vma_read() -> Option<u64> {
@@ -351,4 +398,5 @@ pub fn held_vma_read() -> Option<u64> {
 #[inline(always)]
 pub fn forget_task() {
     let _ = TASK_VMA_READ.remove(&tid());
+    let _ = TASK_TRYLOCK.remove(&tid());
 }

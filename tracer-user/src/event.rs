@@ -50,6 +50,7 @@ const FACT_NAMES: &[(u32, &str)] = &[
     (fact::VMA_READ_LOCKED, "vma_read_locked"),
     (fact::VMA_READ_KNOWN, "vma_read_known"),
     (fact::TASK_VMA_READ, "task_vma_read"),
+    (fact::TRYLOCK, "trylock"),
 ];
 
 impl Facts {
@@ -182,6 +183,9 @@ pub enum What {
         success: bool,
         #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
         vma_read: Option<u64>,
+        /// Under a per-VMA read lock: the attempt was a trylock (it cannot deadlock).
+        #[serde(default, skip_serializing_if = "is_false")]
+        trylock: bool,
     },
     /// `mmap_lock_released`.
     MmapLockReleased {
@@ -413,6 +417,7 @@ impl Event {
                 write,
                 success: raw.flags & flag::SUCCESS != 0,
                 vma_read,
+                trylock: facts.has(fact::TRYLOCK),
             },
             kind::MMAP_RELEASED => What::MmapLockReleased { mm, write },
             kind::TASK_EXIT => What::TaskExit,
@@ -506,7 +511,7 @@ mod tests {
     #[test]
     fn decodes_each_kind_and_flag() {
         let e = Event::from_raw(&raw(kind::MMAP_ACQUIRED, flag::WRITE | flag::TASK_NEW)).unwrap();
-        assert_eq!(e.what, What::MmapLockAcquired { mm: 0xffff_8880_0123_4000, write: true, success: false, vma_read: None });
+        assert_eq!(e.what, What::MmapLockAcquired { mm: 0xffff_8880_0123_4000, write: true, success: false, vma_read: None, trylock: false });
         assert!(e.task_new);
         assert_eq!(e.comm, "work");
         assert_eq!(Event::from_raw(&raw(kind::MMAP_RELEASED, 0)).unwrap().what, What::MmapLockReleased { mm: 0xffff_8880_0123_4000, write: false });

@@ -43,6 +43,8 @@ pub const FN_HOOKS: &[FnHook] = &[
     FnHook { func: "vma_prepare", at: At::Entry, trampoline: "vma_prepare_fentry", probe: Some("vma_prepare_kprobe"), role: "VMA change (merge, split, expand)" },
     FnHook { func: "vma_link", at: At::Exit, trampoline: "vma_link_fexit", probe: None, role: "new VMA inserted" },
     FnHook { func: "_install_special_mapping", at: At::Exit, trampoline: "install_special_fexit", probe: Some("install_special_kretprobe"), role: "new VMA inserted" },
+    FnHook { func: "down_read_trylock", at: At::Entry, trampoline: "down_read_trylock_fentry", probe: Some("down_read_trylock_kprobe"), role: "tells an mmap_lock trylock under a VMA read lock from a blocking lock" },
+    FnHook { func: "down_write_trylock", at: At::Entry, trampoline: "down_write_trylock_fentry", probe: Some("down_write_trylock_kprobe"), role: "tells an mmap_lock trylock under a VMA read lock from a blocking lock" },
     FnHook { func: "lock_vma_under_rcu", at: At::Exit, trampoline: "lock_vma_fexit", probe: Some("lock_vma_kretprobe"), role: "per-VMA read lock taken" },
     FnHook { func: "vma_refcount_put", at: At::Entry, trampoline: "vma_refcount_put_fentry", probe: Some("vma_refcount_put_kprobe"), role: "per-VMA read lock dropped (6.15+)" },
     FnHook { func: "handle_mm_fault", at: At::Exit, trampoline: "handle_mm_fault_fexit", probe: Some("handle_mm_fault_kretprobe"), role: "end of a fault: per-VMA read lock dropped (inline vma_end_read)" },

@@ -212,7 +212,8 @@ impl Tracer {
     fn attach_functions(&mut self, kbtf: &KernelBtf, btf: &Btf, known: u32) {
         let has = |bit| known & bit != 0;
         let wanted = |f: &str| match f {
-            "handle_mm_fault" => false, // second pass below
+            // Second pass below: the read-lock hooks only make sense together.
+            "handle_mm_fault" | "lock_vma_under_rcu" | "vma_refcount_put" => false,
             f if hooks::is_wrapper(kbtf, f) => false,
             f if f.starts_with("walk_page") || f == "__walk_page_range" => has(lbits::WALK) && has(lbits::VMA_SEQ),
             "vma_prepare" => has(lbits::VMA_PREPARE) && has(lbits::VMA_SEQ),
@@ -220,11 +221,25 @@ impl Tracer {
         };
         let mut functions = hooks::attach_all(&mut self.ebpf, kbtf, btf, wanted);
         let attached = |f: &str, m: &BTreeMap<String, HookState>| matches!(m.get(f), Some(HookState::Attached(_)));
-        // vma_end_read() is inline (vma_refcount_put too, on most of its callers): the end of the
-        // fault ends the fault path's hold, and the mmap_lock hook double-checks the VMA's
-        // readers before it believes any other.
-        if attached("lock_vma_under_rcu", &functions) {
-            functions.extend(hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| f == "handle_mm_fault"));
+        // Per-VMA read locks are only tracked where an mmap_lock trylock can be told from a
+        // blocking lock (the kernel trylocks under a VMA read lock itself), and where the end
+        // of the fault is seen: vma_end_read() is inline (vma_refcount_put too, on most of its
+        // callers), so the end of handle_mm_fault ends the fault path's hold, and the mmap_lock
+        // hook double-checks the VMA's readers before it believes any other.
+        let read_lock_hooks = ["handle_mm_fault", "vma_refcount_put", "lock_vma_under_rcu"];
+        if has(lbits::VMA_SEQ) && attached("down_read_trylock", &functions) && attached("down_write_trylock", &functions) {
+            let second = hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| f == "handle_mm_fault" || f == "vma_refcount_put");
+            let fault_end = matches!(second.get("handle_mm_fault"), Some(HookState::Attached(_)));
+            functions.extend(second);
+            if fault_end {
+                functions.extend(hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| f == "lock_vma_under_rcu"));
+            } else {
+                functions.insert("lock_vma_under_rcu".into(), HookState::Unavailable("needs a hook on handle_mm_fault's return".into()));
+            }
+        } else if has(lbits::VMA_SEQ) {
+            for f in read_lock_hooks {
+                functions.insert(f.into(), HookState::Unavailable("needs hooks on down_read_trylock and down_write_trylock".into()));
+            }
         }
         self.attached.functions = functions;
     }

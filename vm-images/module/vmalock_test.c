@@ -107,9 +107,12 @@
  *       6.1 has no vm_flags_*(): plain write under mmap_write_lock.
  *
  *   mmap-under-vma-read          no-mmap-under-vma-read
- *       vma = lock_vma_under_rcu(mm, user sp); mmap_read_trylock(mm) (and
- *       mmap_read_unlock() if it succeeded); vma_end_read(vma).  A TRYLOCK,
- *       so this can never deadlock.  Needs lock_vma_under_rcu exported to
+ *       vma = lock_vma_under_rcu(mm, user sp); mmap_read_lock_killable(mm)
+ *       (and mmap_read_unlock() if it succeeded); vma_end_read(vma).  A
+ *       BLOCKING lock: mmap_read_trylock() under the VMA lock is legal (the
+ *       kernel does it in __vmf_anon_prepare) and cannot deadlock; killable,
+ *       so a real deadlock here could still be broken (see
+ *       vt_mmap_lock_blocking()).  Needs lock_vma_under_rcu exported to
  *       modules (Debian 7.2.13: yes; Debian 6.12: no -> -EOPNOTSUPP).
  *       Rule: Documentation/mm/process_addrs.rst: "While it's possible to
  *       obtain a VMA lock while holding an mmap read lock, attempting to do
@@ -121,7 +124,10 @@
  *   fault-mmap-under-vma-read    no-mmap-under-vma-read
  *       (fault-* protocol above) in ->fault, which the kernel calls under the
  *       per-VMA read lock (FAULT_FLAG_VMA_LOCK; checked, else -EAGAIN):
- *       mmap_read_trylock(mm) and mmap_read_unlock if it succeeded.
+ *       mmap_read_lock_killable(mm) and mmap_read_unlock if it succeeded.
+ *   fault-mmap-trylock-under-vma-read     legal
+ *       the same fault with mmap_read_trylock(): what the kernel's own
+ *       __vmf_anon_prepare() does under the per-VMA lock.
  *       Works on 6.7+ (file-backed faults under the VMA lock,
  *       mm/memory.c vmf_can_call_fault(): ->fault runs under the VMA lock when
  *       the vm_ops have ->map_pages, which this module provides as a no-op).
@@ -344,6 +350,7 @@ enum vt_fault_kind {
 	VT_NOT_FAULT = 0,
 	VT_FAULT_MMAP,		/* fault-mmap-under-vma-read */
 	VT_FAULT_ALONE,		/* fault-vma-read-alone */
+	VT_FAULT_MMAP_TRYLOCK,	/* fault-mmap-trylock-under-vma-read */
 	VT_FAULT_PAGEWALK,	/* fault-pagewalk-rdlock-under-vma-read */
 };
 
@@ -553,10 +560,27 @@ static int vt_pagewalk_under_mmap_read(struct vt_file *vf, struct mm_struct *mm)
 # define vt_pagewalk_under_mmap_read NULL
 #endif
 
+/* ---- no-mmap-under-vma-read ------------------------------------------------ */
+
+/*
+ * A BLOCKING mmap read lock while this task holds a per-VMA read lock: the
+ * ABBA of Documentation/mm/process_addrs.rst.  Killable, so that the one way
+ * it could really deadlock here (a writer of this mm - only khugepaged could
+ * be one for the single-threaded trigger - waiting in vma_start_write() for
+ * our VMA read lock) can still be broken with SIGKILL.
+ * A trylock is NOT the violation: the kernel itself does mmap_read_trylock()
+ * under the VMA lock (mm/memory.c __vmf_anon_prepare), since it cannot block.
+ */
+static void __maybe_unused vt_mmap_lock_blocking(struct mm_struct *mm)
+{
+	if (!mmap_read_lock_killable(mm))
+		mmap_read_unlock(mm);
+}
+
 /* ---- no-mmap-under-vma-read, synchronous (needs lock_vma_under_rcu) ------- */
 
 #if VT_SYNC_VMA_READ
-enum vt_vma_read_what { VT_ALONE, VT_MMAP_TRYLOCK, VT_PAGEWALK };
+enum vt_vma_read_what { VT_ALONE, VT_MMAP_BLOCKING, VT_PAGEWALK };
 
 static int vt_sync_vma_read(struct vt_file *vf, struct mm_struct *mm,
 			    enum vt_vma_read_what what)
@@ -579,9 +603,8 @@ static int vt_sync_vma_read(struct vt_file *vf, struct mm_struct *mm,
 		goto out;
 	}
 	switch (what) {
-	case VT_MMAP_TRYLOCK:
-		if (mmap_read_trylock(mm))	/* the violation; never blocks */
-			mmap_read_unlock(mm);
+	case VT_MMAP_BLOCKING:
+		vt_mmap_lock_blocking(mm);	/* the violation */
 		break;
 	case VT_PAGEWALK:
 # if VT_HMM
@@ -602,7 +625,7 @@ out:
 
 static int vt_mmap_under_vma_read(struct vt_file *vf, struct mm_struct *mm)
 {
-	return vt_sync_vma_read(vf, mm, VT_MMAP_TRYLOCK);
+	return vt_sync_vma_read(vf, mm, VT_MMAP_BLOCKING);
 }
 
 static int vt_vma_read_alone(struct vt_file *vf, struct mm_struct *mm)
@@ -663,6 +686,8 @@ static const struct vt_mode vt_modes[] = {
 	FMODE("fault-mmap-under-vma-read", "no-mmap-under-vma-read",
 	      VT_FAULT, VT_FAULT_MMAP),
 	FMODE("fault-vma-read-alone", "legal", VT_FAULT, VT_FAULT_ALONE),
+	FMODE("fault-mmap-trylock-under-vma-read", "legal", VT_FAULT,
+	      VT_FAULT_MMAP_TRYLOCK),
 	MODE("pagewalk-rdlock-under-vma-read", "pagewalk-lock-mode",
 	     VT_SYNC_VMA_READ && VT_HMM, vt_pagewalk_under_vma_read),
 	FMODE("fault-pagewalk-rdlock-under-vma-read", "pagewalk-lock-mode",
@@ -703,6 +728,10 @@ static vm_fault_t vt_fault(struct vm_fault *vmf)
 		switch (vt_modes[mode].fault) {
 		case VT_FAULT_MMAP:
 			/* Holding the per-VMA read lock: the violation. */
+			vt_mmap_lock_blocking(mm);
+			break;
+		case VT_FAULT_MMAP_TRYLOCK:
+			/* Legal: what __vmf_anon_prepare() does. */
 			if (mmap_read_trylock(mm))
 				mmap_read_unlock(mm);
 			break;

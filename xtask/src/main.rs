@@ -5,6 +5,7 @@
 //! nothing else.
 
 mod cmd;
+mod rules_table;
 mod setup;
 mod test;
 mod vm;

@@ -47,6 +47,14 @@ pub fn run(extra: &[String], kernels: Option<&[String]>) -> Result<()> {
     let mut passed = passed.saturating_sub(skipped);
     let host_ok = status.success() && failed == 0;
     let mut vm_error = None;
+    // The rule table's first column: what `vmalock probe` says on this machine's kernel.
+    let mut columns = Vec::new();
+    if cmd::is_root() {
+        match host_probe() {
+            Ok(text) => columns.push((format!("host {}", kernel_release()), crate::rules_table::from_probe(&text))),
+            Err(e) => println!("xtask: host probe for the rule table failed: {e:#}"),
+        }
+    }
     if let Some(names) = kernels {
         match crate::vm::test(names, std::time::Duration::from_secs(900)) {
             Ok(runs) => {
@@ -55,11 +63,25 @@ pub fn run(extra: &[String], kernels: Option<&[String]>) -> Result<()> {
                 passed += p;
                 failed += f;
                 skipped += s;
+                for r in &runs {
+                    let rules = crate::rules_table::from_probe(&r.probe);
+                    if !rules.is_empty() {
+                        columns.push((format!("{} ({})", r.kernel, r.release), rules));
+                    }
+                }
             }
             Err(e) => {
                 failed += 1;
                 vm_error = Some(e);
             }
+        }
+    }
+    if !columns.is_empty() {
+        let table = crate::rules_table::render(&columns);
+        println!("\nrules × kernels, as `vmalock probe` reported them in this run:\n{table}");
+        // The full run (host + every kernel) regenerates the README's table.
+        if kernels.is_some_and(|k| k.is_empty()) && crate::rules_table::update_readme(std::path::Path::new("README.md"), &table)? {
+            println!("xtask: README.md rule table regenerated from this run");
         }
     }
     println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
@@ -70,6 +92,23 @@ pub fn run(extra: &[String], kernels: Option<&[String]>) -> Result<()> {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// `vmalock probe` on this machine, built as the tests built it.
+fn host_probe() -> Result<String> {
+    let out = cmd::cargo()
+        .args(["run", "-q", "-p", "tracer-user", "--bin", "vmalock", "--", "probe"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running vmalock probe")?;
+    if !out.status.success() {
+        bail!("vmalock probe exited with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// "ok. 43 passed; 0 failed; ..." → the number before `what`.

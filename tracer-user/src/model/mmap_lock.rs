@@ -488,7 +488,7 @@ mod tests {
         What::MmapLockAcquired {
             mm,
             write,
-            success: true, vma_read: None }
+            success: true, vma_read: None, trylock: false }
     }
     fn rel(mm: u64, write: bool) -> What {
         What::MmapLockReleased { mm, write }
@@ -607,7 +607,7 @@ mod tests {
             What::MmapLockAcquired {
                 mm: A,
                 write: true,
-                success: false, vma_read: None },
+                success: false, vma_read: None, trylock: false },
         )]);
         assert!(r.held(NEW).is_empty());
         assert_eq!(r.model.waiting().count(), 0);

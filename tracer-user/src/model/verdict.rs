@@ -147,9 +147,14 @@ impl fmt::Display for EventLine<'_> {
         match &ev.what {
             What::MmapLockStart { mm, write, vma_read: v } => write!(f, " mm {mm:#x} {}{}", mode(*write), vma_read(*v)),
             What::MmapLockReleased { mm, write } => write!(f, " mm {mm:#x} {}", mode(*write)),
-            What::MmapLockAcquired { mm, write, success, vma_read: v } => {
-                write!(f, " mm {mm:#x} {}{}{}", mode(*write), if *success { "" } else { " failed" }, vma_read(*v))
-            }
+            What::MmapLockAcquired { mm, write, success, vma_read: v, trylock } => write!(
+                f,
+                " mm {mm:#x} {}{}{}{}",
+                mode(*write),
+                if *success { "" } else { " failed" },
+                vma_read(*v),
+                if *trylock { " (trylock)" } else { "" }
+            ),
             What::TaskExit => Ok(()),
             What::VmaWriteLock { mm, vma, facts } => {
                 write!(f, " mm {mm:#x} vma {vma:#x} [{}]", facts.names().join(" "))
@@ -210,7 +215,7 @@ mod tests {
             What::MmapLockAcquired {
                 mm: 0xffff_8880_0000_1000,
                 write: true,
-                success: true, vma_read: None },
+                success: true, vma_read: None, trylock: false },
         );
         let rel = ev(
             12_345_678_901,

@@ -22,9 +22,11 @@ pub const UNLOCKED_FLAG_BITS: u64 = 0;
 
 #[derive(Debug, Default)]
 pub(crate) struct VmaRules {
-    /// Tasks whose blocking mmap_lock attempt under a VMA read lock was already reported, so
-    /// its acquire_returned is not reported again as a trylock.
-    start_reported: HashMap<u32, u64>,
+    /// mmap_lock attempts started under a per-VMA read lock, by task: judged when the attempt
+    /// returns, because only then is it known whether it was a trylock (mmap_read_trylock
+    /// traces start_locking too, and the kernel itself trylocks under the VMA lock:
+    /// mm/memory.c __vmf_anon_prepare).
+    pending: HashMap<u32, Event>,
 }
 
 /// Does the current task hold `mm`'s mmap_lock in a mode that satisfies `need`?
@@ -65,7 +67,7 @@ fn describe(facts: Facts) -> &'static str {
 
 impl VmaRules {
     pub(crate) fn forget(&mut self) {
-        self.start_reported.clear();
+        self.pending.clear();
     }
 
     pub(crate) fn apply(&mut self, ev: &Event, mmap: &MmapLocks, out: &mut Vec<Verdict>) {
@@ -117,23 +119,21 @@ impl VmaRules {
             What::VmaSnapshot { mm, vma, vm_start, changes, flags_changed, facts } => {
                 self.snapshot(ev, *mm, *vma, *vm_start, changes, *flags_changed, *facts, out);
             }
-            What::MmapLockStart { mm, write, vma_read: Some(v) } => {
-                let mode = if *write { "write" } else { "read" };
-                let what = format!("mmap_lock taken for {mode} while holding the per-VMA read lock on VMA {v:#x}");
-                self.start_reported.insert(ev.tid, *mm);
-                out.push(Verdict::new(NO_MMAP_UNDER_VMA_READ, what, ev, *mm, vec![ev.clone()]));
+            What::MmapLockStart { vma_read: Some(_), .. } => {
+                self.pending.insert(ev.tid, ev.clone());
             }
-            What::MmapLockAcquired { mm, write, success, vma_read } => {
-                let reported = self.start_reported.remove(&ev.tid) == Some(*mm);
-                if let (Some(v), true, false) = (vma_read, *success, reported) {
-                    // No start_locking before it: mmap_*_trylock, which traces only the result.
+            What::MmapLockAcquired { mm, write, success, vma_read, trylock } => {
+                let start = self.pending.remove(&ev.tid);
+                if let (Some(v), false) = (vma_read, *trylock) {
                     let mode = if *write { "write" } else { "read" };
-                    let what = format!("mmap_lock trylock for {mode} succeeded while holding the per-VMA read lock on VMA {v:#x}");
-                    out.push(Verdict::new(NO_MMAP_UNDER_VMA_READ, what, ev, *mm, vec![ev.clone()]));
+                    let outcome = if *success { "" } else { " (the wait was interrupted)" };
+                    let what = format!("mmap_lock taken for {mode}, blocking, while holding the per-VMA read lock on VMA {v:#x}{outcome}");
+                    let events = start.into_iter().chain([ev.clone()]).collect();
+                    out.push(Verdict::new(NO_MMAP_UNDER_VMA_READ, what, ev, *mm, events));
                 }
             }
             What::TaskExit => {
-                self.start_reported.remove(&ev.tid);
+                self.pending.remove(&ev.tid);
             }
             _ => {}
         }
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn without_rwsem_facts_the_stream_decides_only_when_certain() {
-        let acq = |w| What::MmapLockAcquired { mm: MM, write: w, success: true, vma_read: None };
+        let acq = |w| What::MmapLockAcquired { mm: MM, write: w, success: true, vma_read: None, trylock: false };
         // Traced from birth, took it for read only: certain.
         let v = verdicts(&[ev(1, true, acq(false)), ev(1, true, write_lock(f::VMA_KNOWN))]);
         assert_eq!(rules_of(&v), [VMA_WRITE_NEEDS_MMAP_WRITE]);
@@ -297,17 +297,16 @@ mod tests {
     }
 
     #[test]
-    fn mmap_lock_under_a_vma_read_lock() {
+    fn blocking_mmap_lock_under_a_vma_read_lock() {
         let start = What::MmapLockStart { mm: MM, write: false, vma_read: Some(VMA) };
-        let acq = |vr| What::MmapLockAcquired { mm: MM, write: false, success: true, vma_read: vr };
-        // Blocking: reported once, at the start.
-        let v = verdicts(&[ev(1, false, start), ev(1, false, acq(Some(VMA)))]);
+        let acq = |vr, trylock| What::MmapLockAcquired { mm: MM, write: false, success: true, vma_read: vr, trylock };
+        // Blocking: reported once, when it returns, with the start as proof.
+        let v = verdicts(&[ev(1, false, start.clone()), ev(1, false, acq(Some(VMA), false))]);
         assert_eq!(rules_of(&v), [NO_MMAP_UNDER_VMA_READ]);
-        assert!(v[0].what.contains("taken for read"));
-        // Trylock: no start, so the acquire reports it.
-        let v = verdicts(&[ev(1, false, acq(Some(VMA)))]);
-        assert_eq!(rules_of(&v), [NO_MMAP_UNDER_VMA_READ]);
-        assert!(v[0].what.contains("trylock"));
-        assert!(verdicts(&[ev(1, false, acq(None))]).is_empty());
+        assert!(v[0].what.contains("taken for read, blocking"), "{}", v[0].what);
+        assert_eq!(v[0].events.len(), 2);
+        // A trylock cannot deadlock: the kernel does it itself (__vmf_anon_prepare).
+        assert!(verdicts(&[ev(1, false, start), ev(1, false, acq(Some(VMA), true))]).is_empty());
+        assert!(verdicts(&[ev(1, false, acq(None, false))]).is_empty());
     }
 }

@@ -60,7 +60,7 @@ mod tests {
                 What::MmapLockAcquired {
                     mm,
                     write: true,
-                    success: true, vma_read: None },
+                    success: true, vma_read: None, trylock: false },
             ),
             ev(4_000, false, 7, What::MmapLockReleased { mm, write: true }),
             ev(5_000, false, 0, What::TaskExit),

@@ -23,6 +23,12 @@ pub fn workload() -> &'static str {
 
 /// Records a skip: printed loudly, and appended to `$VMALOCK_SKIP_LOG` so `cargo xtask test`
 /// counts it as skipped rather than passed.
+/// The mixed mm workload (vmalock-mix).
+pub fn mix() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| std::env::var("VMALOCK_MIX").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vmalock-mix").into()))
+}
+
 pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
     if let Ok(path) = std::env::var("VMALOCK_SKIP_LOG")
@@ -125,6 +131,10 @@ pub const OUR_PROGRAMS: &[&str] = &[
     "btf_mmap_start", "btf_mmap_acquir", "btf_mmap_releas", "btf_task_exit",
     "tp_mmap_start", "tp_mmap_acquire", "tp_mmap_release", "tp_task_exit",
     "cap_raw_tp", "cap_fentry", "cap_kprobe", "cap_iter_task_v",
+    "install_special", "lock_vma_fexit", "lock_vma_kretpr", "snapshot_task_v", "vma_link_fexit",
+    "vma_prepare_fen", "vma_prepare_kpr", "vma_refcount_pu", "vma_start_write", "walk_page_mappi",
+    "walk_page_range", "walk_page_vma_f", "walk_page_vma_k", "walk_step_fentr", "walk_step_kprob",
+    "handle_mm_fault", "down_read_trylo", "down_write_tryl",
 ];
 
 pub fn assert_none_of_ours_loaded() {

@@ -18,6 +18,7 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 pub struct GuestBins {
     pub vmalock: PathBuf,
     pub workload: PathBuf,
+    pub mix: PathBuf,
     /// Integration-test executables: (name, path).
     pub tests: Vec<(String, PathBuf)>,
     /// The test module's static trigger helper.
@@ -63,7 +64,7 @@ pub fn build() -> Result<GuestBins> {
     if tests.is_empty() {
         bail!("no integration-test executables were built for the guest");
     }
-    Ok(GuestBins { vmalock: out.join("vmalock"), workload: out.join("vmalock-workload"), tests, trigger: None })
+    Ok(GuestBins { vmalock: out.join("vmalock"), workload: out.join("vmalock-workload"), mix: out.join("vmalock-mix"), tests, trigger: None })
 }
 
 /// The guest's /init: a busybox shell script.
@@ -101,7 +102,7 @@ pass=0; fail=0; skip=0
 for t in /tests/*; do
   name=${t##*/}
   : > /tmp/skips
-  VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload \
+  VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix \
     "$t" --test-threads=1 > /tmp/out 2>&1
   # libtest: "test NAME ... ok|FAILED|ignored"; a skip is an "ok" whose name is in the skip log.
   while read -r word tname dots verdict rest; do
@@ -144,6 +145,7 @@ pub fn initramfs(bins: &GuestBins, module: Option<&Path>, run: Option<&str>, des
     c.symlink("bin/sh", "busybox")?;
     c.file("bin/vmalock", 0o755, &read(&bins.vmalock)?)?;
     c.file("bin/vmalock-workload", 0o755, &read(&bins.workload)?)?;
+    c.file("bin/vmalock-mix", 0o755, &read(&bins.mix)?)?;
     if let Some(t) = &bins.trigger {
         c.file("bin/vmalock-trigger", 0o755, &read(t)?)?;
     }

@@ -43,6 +43,8 @@ pub struct KernelRun {
     pub kernel: String,
     pub release: String,
     pub results: Vec<(String, Status)>,
+    /// `vmalock probe`'s report in this guest (empty if it never ran).
+    pub probe: String,
 }
 
 /// Installs QEMU (the bookworm-backports build, matching the preinstalled qemu-utils) and a
@@ -158,7 +160,7 @@ pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
         if unbuilt.contains(&k.name) {
             let why = not_built(k.build.as_deref().unwrap_or(&k.name));
             println!("vm: skipping {}: {why}", k.name);
-            runs.push(KernelRun { kernel: k.name.clone(), release: String::new(), results: vec![("boot".into(), Status::Skip(why))] });
+            runs.push(KernelRun { kernel: k.name.clone(), release: String::new(), results: vec![("boot".into(), Status::Skip(why))], probe: String::new() });
             continue;
         }
         runs.push(run_kernel(k, &apt, &cache, &bins, &reports, timeout)?);
@@ -219,7 +221,7 @@ fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::
             println!("    {l}");
         }
     }
-    Ok(KernelRun { kernel: k.name.clone(), release: parsed.release.unwrap_or(v), results })
+    Ok(KernelRun { kernel: k.name.clone(), release: parsed.release.unwrap_or(v), results, probe: parsed.probe })
 }
 
 /// The kernel image in an extracted package: `boot/vmlinuz-*` (classic layout), or
