@@ -151,6 +151,36 @@ impl Apt {
         let _ = std::fs::remove_dir_all(&tmp);
         Ok(dest)
     }
+
+    /// Downloads `pkgs` and everything they depend on, as if nothing were installed, taking each
+    /// from `suite` where it has one, into `archives` (verified by apt like every download). The
+    /// dpkg status used is an empty file under `archives`, so the machine's own packages neither
+    /// satisfy a dependency nor are touched. Returns the .debs.
+    pub fn download_closure(&self, suite: &str, pkgs: &[String], archives: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(archives.join("partial"))?;
+        let status = archives.join("status");
+        std::fs::write(&status, b"")?;
+        println!("vm: downloading {} and their dependencies from {suite}", pkgs.join(" "));
+        cmd::run(
+            self.apt_get()
+                .arg(format!("-oAPT::Default-Release={suite}"))
+                .arg(format!("-oDir::State::status={}", status.display()))
+                .arg(format!("-oDir::State::extended_states={}", archives.join("extended_states").display()))
+                .arg(format!("-oDir::Cache::archives={}", archives.display()))
+                // Keep the binary cache built for the machine's own status out of this.
+                .args(["-oDir::Cache::pkgcache=", "-oDir::Cache::srcpkgcache="])
+                .args(["-oAPT::Install-Recommends=false", "-oAPT::Install-Suggests=false"])
+                .args(["install", "--download-only", "-y"])
+                .args(pkgs),
+        )
+        .with_context(|| format!("downloading {} and their dependencies from {suite} failed", pkgs.join(" ")))?;
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(archives)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        debs.retain(|p| p.extension().is_some_and(|x| x == "deb"));
+        debs.sort();
+        Ok(debs)
+    }
 }
 
 fn find_deb(dir: &Path, pkg: &str) -> Result<Option<PathBuf>> {

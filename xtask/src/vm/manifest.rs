@@ -19,6 +19,11 @@ pub struct Kernel {
     /// Packages for building the test module (`{v}` substituted); empty: no module here.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// Build the module chrooted into a root of this suite's packages (the headers packages,
+    /// their dependencies and the basic tools, extracted under the cache), for headers whose
+    /// compiler or kbuild tools this machine cannot run. None: build on this machine.
+    #[serde(default)]
+    pub chroot: Option<String>,
     pub about: String,
     /// Hook families `vmalock probe` must report working in this guest.
     #[serde(default)]
