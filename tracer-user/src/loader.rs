@@ -245,6 +245,9 @@ impl Tracer {
     }
 
     fn load_snapshots(&mut self, btf: &Btf, known: u32) -> Result<()> {
+        if known & lbits::VMA_SEQ == 0 {
+            bail!("this kernel has no per-VMA locks (no vm_lock_seq): the rules snapshots check do not apply");
+        }
         if known & lbits::VMA_BASICS == 0 || known & lbits::TASK == 0 {
             bail!("the VMA or task layout did not resolve from BTF");
         }

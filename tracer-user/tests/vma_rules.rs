@@ -44,8 +44,11 @@ fn mixed_workload_is_silent_and_every_available_hook_fires() {
     let check = run(&["check", "--explain", trace.to_str().unwrap()]);
     assert_eq!(check.status.code(), Some(0), "replay disagrees:\n{}", String::from_utf8_lossy(&check.stdout));
 
-    // Snapshots ran and compared the workload's VMAs.
-    assert!(summary_number(&stderr, "VMA snapshots:", "VMAs compared") > 0, "{stderr}");
+    // Snapshots ran and compared the workload's VMAs (where the kernel has per-VMA locks).
+    let snapshots = stderr.contains("VMA snapshots: iter/task_vma");
+    if snapshots {
+        assert!(summary_number(&stderr, "VMA snapshots:", "VMAs compared") > 0, "{stderr}");
+    }
     // Every function hook this kernel gave us saw the workload.
     let lines = lines(&trace);
     let evs = events(&lines);
@@ -68,7 +71,9 @@ fn mixed_workload_is_silent_and_every_available_hook_fires() {
         fired.push("lock_vma_under_rcu");
     }
     eprintln!("hooks that fired: {fired:?}; events: {}", evs.len());
-    if fired.is_empty() {
-        skip(test, "silence checked by snapshots only: this kernel refuses every VMA function hook (see `vmalock probe`)");
+    if fired.is_empty() && !snapshots {
+        skip(test, "no VMA rule applies to this kernel (no per-VMA locks): only mmap-lock-balance was checked");
+    } else if fired.is_empty() {
+        eprintln!("note: silence checked by snapshots only: this kernel refuses every VMA function hook");
     }
 }
