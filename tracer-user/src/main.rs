@@ -128,9 +128,11 @@ fn check(file: &PathBuf, explain: bool) -> Result<ExitCode> {
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut stdout = std::io::stdout().lock();
     let r = replay::replay(std::io::BufReader::with_capacity(1 << 16, f), |v| {
-        let _ = writeln!(stdout, "{v}");
+        // The explanation starts with the verdict line itself.
         if explain {
             let _ = writeln!(stdout, "{}", v.explain());
+        } else {
+            let _ = writeln!(stdout, "{v}");
         }
     })
     .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

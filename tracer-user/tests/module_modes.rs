@@ -139,7 +139,11 @@ fn every_breaking_vma_mode_is_reported_with_its_rule_task_mm_and_stack() {
         }
         // A verdict from a live hook carries the offending site's kernel stack, which must pass
         // through the module; a snapshot finds the damage after the fact and has no site.
-        let live: Vec<&str> = o.explained.split("VIOLATION ").skip(1).filter(|b| !b.lines().next().unwrap_or("").contains("seen by snapshot")).collect();
+        let live: Vec<&str> = o
+            .explained
+            .split("VIOLATION ")
+            .filter(|b| b.contains("\n  rule:") && !b.lines().next().unwrap_or("").contains("seen by snapshot"))
+            .collect();
         for block in &live {
             assert!(block.contains("  stack:") && block.contains("[vmalock_test]"), "{mode}: live verdict without a module frame in its stack:\n{block}");
         }

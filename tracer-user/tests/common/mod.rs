@@ -33,7 +33,8 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
     if let Ok(path) = std::env::var("VMALOCK_SKIP_LOG")
         && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "{test}: {why}");
+            // One write per line: tests run in parallel and append to the same log.
+            let _ = f.write_all(format!("{test}: {why}\n").as_bytes());
         }
 }
 
@@ -110,7 +111,8 @@ pub fn lines(path: &Path) -> Vec<Value> {
 
 /// The kernel's events, without vmalock's `missed` markers.
 pub fn events(lines: &[Value]) -> Vec<&Value> {
-    lines.iter().filter(|l| l["type"] == "event" && l["kind"] != "missed").collect()
+    // `missed` markers and `stack` frames are lines of the stream, not kernel events.
+    lines.iter().filter(|l| l["type"] == "event" && l["kind"] != "missed" && l["kind"] != "stack").collect()
 }
 
 /// Every event line in order, `missed` markers included.
