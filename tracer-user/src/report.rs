@@ -5,7 +5,7 @@ use std::fmt;
 use crate::{
     hooks::HookState,
     loader::{Attached, Counters},
-    model::Stats,
+    model::{RULES, Stats, Status},
 };
 
 pub struct Summary {
@@ -59,6 +59,23 @@ impl fmt::Display for Summary {
             "  VMA snapshots: {} ({} passes, {} VMAs compared)",
             self.attached.snapshot, self.counters.snapshot_rounds, self.counters.snapshot_vmas
         )?;
+        // What each rule could use in this run, so a rule that could not be checked is never
+        // mistaken for one that passed.
+        let avail = self.attached.availability();
+        let mut by_status: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+        for r in RULES {
+            let st = match r.status(&avail) {
+                Status::Live => "checked live".to_string(),
+                Status::SnapshotOnly => "checked by snapshot only".to_string(),
+                Status::NotApplicable(_) => "not applicable to this kernel".to_string(),
+                Status::Unavailable(_) => "NOT CHECKED (hooks unavailable)".to_string(),
+                Status::NotImplemented => "not implemented".to_string(),
+            };
+            by_status.entry(st).or_default().push(r.id);
+        }
+        for (st, ids) in &by_status {
+            writeln!(f, "  rules {st}: {}", ids.join(", "))?;
+        }
         if self.counters.vma_read_taken > 0 {
             writeln!(
                 f,
