@@ -220,6 +220,11 @@ impl Tracer {
             _ => has(lbits::VMA_SEQ),
         };
         let mut functions = hooks::attach_all(&mut self.ebpf, kbtf, btf, wanted);
+        for (wrapper, inner) in hooks::WRAPPED_BY {
+            if let Some(i) = inner.iter().find(|i| kbtf.has_function(i)) {
+                functions.insert(wrapper.to_string(), HookState::Unavailable(format!("not hooked separately: its whole work is a call to {i} (see that hook)")));
+            }
+        }
         let attached = |f: &str, m: &BTreeMap<String, HookState>| matches!(m.get(f), Some(HookState::Attached(_)));
         // Per-VMA read locks are only tracked where an mmap_lock trylock can be told from a
         // blocking lock (the kernel trylocks under a VMA read lock itself), and where the end
