@@ -40,8 +40,12 @@ pub mod kind {
     /// `args[0]` = vm_start, `args[1]` = [`super::snap`] bits, `args[2]` = the vm_flags bits
     /// that changed since the previous snapshot.
     pub const VMA_SNAPSHOT: u16 = 11;
+    /// A VMA modifier (mprotect_fixup, mlock_fixup, mbind_range) returned having changed the
+    /// VMA it was handed: `vma`, `args[0]`/`args[1]` = vm_flags before/after, `args[2]` =
+    /// [`super::site`] | [`super::snap`] change bits << 16; facts read at the return.
+    pub const VMA_MODIFIED: u16 = 12;
     /// One past the largest kind; sizes the per-kind counters.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 }
 
 /// Which function a page walk or new-VMA event came from (`RawEvent::args[1]` of PAGEWALK,
@@ -56,6 +60,9 @@ pub mod site {
     pub const WALK_PAGE_RANGE_VMA_UNSAFE: u64 = 7;
     pub const VMA_LINK: u64 = 16;
     pub const INSTALL_SPECIAL_MAPPING: u64 = 17;
+    pub const MPROTECT_FIXUP: u64 = 32;
+    pub const MLOCK_FIXUP: u64 = 33;
+    pub const MBIND_RANGE: u64 = 34;
 }
 
 /// `RawEvent::args[0]` bits of VMA_PREPARE: which member of `struct vma_prepare` is not

@@ -400,3 +400,110 @@ pub fn forget_task() {
     let _ = TASK_VMA_READ.remove(&tid());
     let _ = TASK_TRYLOCK.remove(&tid());
 }
+
+// ---- VMA modifiers: what they changed, and whether the VMA was write-locked for it ----------
+
+/// The protected fields of a VMA, as a modifier found them at entry.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Protected {
+    vma: u64,
+    flags: u64,
+    prot: u64,
+    uffd: u64,
+    policy: u64,
+}
+
+#[inline(always)]
+fn protected(vma: u64) -> Protected {
+    let l = layout();
+    let opt = |bit: u32, off: u32| if l.known & bit != 0 { read::<u64>(vma, off).unwrap_or(0) } else { 0 };
+    Protected {
+        vma,
+        flags: opt(layout::VMA_BASICS, l.vma_flags),
+        prot: opt(layout::VMA_PAGE_PROT, l.vma_page_prot),
+        uffd: opt(layout::VMA_UFFD, l.vma_uffd_ctx),
+        policy: opt(layout::VMA_POLICY, l.vma_policy),
+    }
+}
+
+/// (tid, site) → the VMA's fields at the modifier's entry. Keyed by site as well, because one
+/// modifier can call into another.
+#[map]
+pub static MODIFYING: LruHashMap<u64, Protected> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn modify_key(site: u64) -> u64 {
+    (u64::from(tid()) << 8) | (site & 0xff)
+}
+
+#[inline(always)]
+fn on_modify_entry<C: Args, const VMA: usize, const SITE: u64>(ctx: &C) {
+    if !traced() {
+        return;
+    }
+    let vma = ctx.arg_u64(VMA);
+    let _ = MODIFYING.insert(&modify_key(SITE), &protected(vma), 0);
+}
+
+/// At the return: reads the same VMA again (kretprobes have no arguments, so the pointer comes
+/// from the entry). A VMA that was write-locked for the change stays write-locked until
+/// mmap_write_unlock, which comes after the modifier returns.
+#[inline(always)]
+fn on_modify_exit<C: EbpfContext + StackIdContext, const SITE: u64>(ctx: &C) {
+    let key = modify_key(SITE);
+    let Some(before) = (unsafe { MODIFYING.get(&key) }).copied() else { return };
+    let _ = MODIFYING.remove(&key);
+    let after = protected(before.vma);
+    let l = layout();
+    let mut changed = 0u64;
+    // Bits the kernel may set without the VMA write lock (Layout::vma_unlocked_flags) are no change.
+    if (after.flags ^ before.flags) & !l.vma_unlocked_flags != 0 {
+        changed |= tracer_common::snap::FLAGS_CHANGED;
+    }
+    if after.prot != before.prot {
+        changed |= tracer_common::snap::PAGE_PROT_CHANGED;
+    }
+    if after.uffd != before.uffd {
+        changed |= tracer_common::snap::UFFD_CHANGED;
+    }
+    if after.policy != before.policy {
+        changed |= tracer_common::snap::POLICY_CHANGED;
+    }
+    if changed == 0 {
+        return;
+    }
+    let mm = vma_mm(&l, before.vma);
+    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, before.vma);
+    let body = Body { mm, vma: before.vma, args: [before.flags, after.flags, SITE | (changed << 16)], facts, stack_id: stack_id(ctx) };
+    emit_body(ctx, kind::VMA_MODIFIED, 0, &body);
+}
+
+macro_rules! modifier_programs {
+    ($fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident, $func:literal, $vma:literal, $site:expr) => {
+        #[fentry(function = $func)]
+        pub fn $fentry(ctx: FEntryContext) -> u32 {
+            on_modify_entry::<_, $vma, { $site }>(&ctx);
+            0
+        }
+        #[fexit(function = $func)]
+        pub fn $fexit(ctx: FExitContext) -> u32 {
+            on_modify_exit::<_, { $site }>(&ctx);
+            0
+        }
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            on_modify_entry::<_, $vma, { $site }>(&ctx);
+            0
+        }
+        #[kretprobe]
+        pub fn $kretprobe(ctx: RetProbeContext) -> u32 {
+            on_modify_exit::<_, { $site }>(&ctx);
+            0
+        }
+    };
+}
+
+modifier_programs!(mprotect_fixup_fentry, mprotect_fixup_fexit, mprotect_fixup_kprobe, mprotect_fixup_kretprobe, "mprotect_fixup", 2, site::MPROTECT_FIXUP);
+modifier_programs!(mlock_fixup_fentry, mlock_fixup_fexit, mlock_fixup_kprobe, mlock_fixup_kretprobe, "mlock_fixup", 1, site::MLOCK_FIXUP);
+modifier_programs!(mbind_range_fentry, mbind_range_fexit, mbind_range_kprobe, mbind_range_kretprobe, "mbind_range", 1, site::MBIND_RANGE);

@@ -117,6 +117,21 @@ impl KernelBtf {
         })
     }
 
+    /// The struct a function's parameter `idx` points to (`struct NAME *` → "NAME"), from its
+    /// BTF prototype; None when the function, the parameter or a struct pointer is not there.
+    /// A probe that reads an argument as a VMA checks this first: signatures change.
+    pub fn param_struct(&self, func: &str, idx: usize) -> Option<String> {
+        let f = self.btf.resolve_types_by_name(func).ok()?.into_iter().find(|t| matches!(t, Type::Func(_)))?;
+        let Type::Func(f) = f else { return None };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&f).ok()? else { return None };
+        let param = proto.parameters.get(idx)?;
+        let Type::Ptr(p) = self.strip(self.btf.resolve_chained_type(param).ok()?).ok()? else { return None };
+        match self.strip(self.btf.resolve_chained_type(&p).ok()?).ok()? {
+            Type::Struct(st) => self.btf.resolve_name(&st).ok(),
+            _ => None,
+        }
+    }
+
     /// The value of the enumerator `name` in any enum, named or anonymous (kernel flag bits are
     /// often declared in anonymous enums, which only a scan of every type finds).
     pub fn enumerator(&self, name: &str) -> Option<u32> {
@@ -221,6 +236,15 @@ mod tests {
         // Two bools (write, success) follow, with or without memcg_path between.
         assert_eq!(args.iter().filter(|a| **a == ArgKind::Bool).count(), 2, "{args:?}");
         assert!(k.tracepoint_args("no_such_tracepoint").unwrap_err().to_string().contains("btf_trace_no_such_tracepoint"));
+    }
+
+    #[test]
+    fn parameter_struct_types_come_from_btf() {
+        let Some(k) = kernel() else { return };
+        assert_eq!(k.param_struct("mprotect_fixup", 2).as_deref(), Some("vm_area_struct"));
+        assert_eq!(k.param_struct("mprotect_fixup", 0).as_deref(), Some("vma_iterator"));
+        assert_eq!(k.param_struct("mprotect_fixup", 4), None, "an unsigned long");
+        assert_eq!(k.param_struct("no_such_function_here", 0), None);
     }
 
     #[test]

@@ -139,12 +139,15 @@ pub fn site_name(s: u64) -> &'static str {
         site::WALK_PAGE_RANGE_VMA_UNSAFE => "walk_page_range_vma_unsafe",
         site::VMA_LINK => "vma_link",
         site::INSTALL_SPECIAL_MAPPING => "_install_special_mapping",
+        site::MPROTECT_FIXUP => "mprotect_fixup",
+        site::MLOCK_FIXUP => "mlock_fixup",
+        site::MBIND_RANGE => "mbind_range",
         _ => "unknown",
     }
 }
 
 fn site_of(name: &str) -> Option<u64> {
-    (0..32).find(|s| site_name(*s) == name)
+    (0..64).find(|s| site_name(*s) == name)
 }
 
 /// Site names in a trace.
@@ -257,6 +260,21 @@ pub enum What {
         /// vm_flags bits that changed since the previous snapshot.
         #[serde(with = "hex")]
         flags_changed: u64,
+        facts: Facts,
+    },
+    /// A VMA modifier (`site`) returned having changed `changes` of `vma`.
+    VmaModified {
+        #[serde(with = "hex")]
+        mm: u64,
+        #[serde(with = "hex")]
+        vma: u64,
+        #[serde(with = "site_str")]
+        site: u64,
+        changes: Vec<String>,
+        #[serde(with = "hex")]
+        flags_before: u64,
+        #[serde(with = "hex")]
+        flags_after: u64,
         facts: Facts,
     },
     /// Not a kernel event: the frames of kernel stack `id`, symbolized when it was first seen.
@@ -432,6 +450,15 @@ impl Event {
                 facts,
             },
             kind::VMA_NEW => What::VmaNew { mm, vma, site: raw.args[0], facts },
+            kind::VMA_MODIFIED => What::VmaModified {
+                mm,
+                vma,
+                site: raw.args[2] & 0xffff,
+                changes: names(raw.args[2] >> 16, SNAP_CHANGES),
+                flags_before: raw.args[0],
+                flags_after: raw.args[1],
+                facts,
+            },
             kind::VMA_SNAPSHOT => What::VmaSnapshot {
                 mm,
                 vma,
@@ -472,6 +499,7 @@ impl Event {
             What::VmaPrepare { .. } => kind::VMA_PREPARE,
             What::VmaNew { .. } => kind::VMA_NEW,
             What::VmaSnapshot { .. } => kind::VMA_SNAPSHOT,
+            What::VmaModified { .. } => kind::VMA_MODIFIED,
         }
     }
 }
@@ -494,6 +522,7 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::VMA_PREPARE => "vma_prepare",
         kind::VMA_NEW => "vma_new",
         kind::VMA_SNAPSHOT => "vma_snapshot",
+        kind::VMA_MODIFIED => "vma_modified",
         _ => "unknown",
     }
 }

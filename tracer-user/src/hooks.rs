@@ -28,26 +28,61 @@ pub struct FnHook {
     pub probe: Option<&'static str>,
     /// What the hook is for (capability report).
     pub role: &'static str,
+    /// The argument the programs read as a `struct vm_area_struct *`, checked against BTF.
+    pub vma_arg: Option<usize>,
+    /// The return half of an entry/return pair: reported as `func:return`, attached only where
+    /// the entry half is.
+    pub returns_of_entry: bool,
 }
 
+impl FnHook {
+    /// The key this hook is reported under.
+    pub fn key(&self) -> String {
+        if self.returns_of_entry { format!("{}:return", self.func) } else { self.func.to_string() }
+    }
+}
+
+macro_rules! hook {
+    ($func:literal, $at:ident, $tramp:literal, $probe:expr, $role:literal) => {
+        FnHook { func: $func, at: At::$at, trampoline: $tramp, probe: $probe, role: $role, vma_arg: None, returns_of_entry: false }
+    };
+}
+
+/// A VMA modifier: its entry stashes the VMA's protected fields, its return compares them.
+macro_rules! modifier {
+    ($func:literal, $vma:literal, $fentry:literal, $fexit:literal, $kprobe:literal, $kretprobe:literal) => {
+        [
+            FnHook { func: $func, at: At::Entry, trampoline: $fentry, probe: Some($kprobe), role: "VMA modifier (entry)", vma_arg: Some($vma), returns_of_entry: false },
+            FnHook { func: $func, at: At::Exit, trampoline: $fexit, probe: Some($kretprobe), role: "VMA modifier (return)", vma_arg: None, returns_of_entry: true },
+        ]
+    };
+}
+
+/// The modifiers whose changes to a VMA's protected fields are checked at their return.
+pub const MODIFIERS: &[[FnHook; 2]] = &[
+    modifier!("mprotect_fixup", 2, "mprotect_fixup_fentry", "mprotect_fixup_fexit", "mprotect_fixup_kprobe", "mprotect_fixup_kretprobe"),
+    modifier!("mlock_fixup", 1, "mlock_fixup_fentry", "mlock_fixup_fexit", "mlock_fixup_kprobe", "mlock_fixup_kretprobe"),
+    modifier!("mbind_range", 1, "mbind_range_fentry", "mbind_range_fexit", "mbind_range_kprobe", "mbind_range_kretprobe"),
+];
+
 pub const FN_HOOKS: &[FnHook] = &[
-    FnHook { func: "__vma_start_write", at: At::Entry, trampoline: "vma_start_write_fentry", probe: Some("vma_start_write_kprobe"), role: "VMA write lock (6.13+)" },
-    FnHook { func: "walk_page_range", at: At::Entry, trampoline: "walk_page_range_fentry", probe: Some("walk_page_range_kprobe"), role: "page walk" },
-    FnHook { func: "walk_page_range_mm", at: At::Entry, trampoline: "walk_page_range_mm_fentry", probe: Some("walk_page_range_mm_kprobe"), role: "page walk" },
-    FnHook { func: "walk_page_vma", at: At::Entry, trampoline: "walk_page_vma_fentry", probe: Some("walk_page_vma_kprobe"), role: "page walk" },
-    FnHook { func: "walk_page_range_vma", at: At::Entry, trampoline: "walk_page_range_vma_fentry", probe: Some("walk_page_range_vma_kprobe"), role: "page walk" },
-    FnHook { func: "walk_page_range_mm_unsafe", at: At::Entry, trampoline: "walk_page_range_mm_unsafe_fentry", probe: Some("walk_page_range_mm_unsafe_kprobe"), role: "page walk (7.x; what walk_page_range wraps)" },
-    FnHook { func: "walk_page_range_vma_unsafe", at: At::Entry, trampoline: "walk_page_range_vma_unsafe_fentry", probe: Some("walk_page_range_vma_unsafe_kprobe"), role: "page walk (7.x; what walk_page_range_vma wraps)" },
-    FnHook { func: "walk_page_mapping", at: At::Entry, trampoline: "walk_page_mapping_fentry", probe: Some("walk_page_mapping_kprobe"), role: "page walk" },
-    FnHook { func: "__walk_page_range", at: At::Entry, trampoline: "walk_step_fentry", probe: Some("walk_step_kprobe"), role: "per-VMA step of a page walk" },
-    FnHook { func: "vma_prepare", at: At::Entry, trampoline: "vma_prepare_fentry", probe: Some("vma_prepare_kprobe"), role: "VMA change (merge, split, expand)" },
-    FnHook { func: "vma_link", at: At::Exit, trampoline: "vma_link_fexit", probe: None, role: "new VMA inserted" },
-    FnHook { func: "_install_special_mapping", at: At::Exit, trampoline: "install_special_fexit", probe: Some("install_special_kretprobe"), role: "new VMA inserted" },
-    FnHook { func: "down_read_trylock", at: At::Entry, trampoline: "down_read_trylock_fentry", probe: Some("down_read_trylock_kprobe"), role: "tells an mmap_lock trylock under a VMA read lock from a blocking lock" },
-    FnHook { func: "down_write_trylock", at: At::Entry, trampoline: "down_write_trylock_fentry", probe: Some("down_write_trylock_kprobe"), role: "tells an mmap_lock trylock under a VMA read lock from a blocking lock" },
-    FnHook { func: "lock_vma_under_rcu", at: At::Exit, trampoline: "lock_vma_fexit", probe: Some("lock_vma_kretprobe"), role: "per-VMA read lock taken" },
-    FnHook { func: "vma_refcount_put", at: At::Entry, trampoline: "vma_refcount_put_fentry", probe: Some("vma_refcount_put_kprobe"), role: "per-VMA read lock dropped (6.15+)" },
-    FnHook { func: "handle_mm_fault", at: At::Exit, trampoline: "handle_mm_fault_fexit", probe: Some("handle_mm_fault_kretprobe"), role: "end of a fault: per-VMA read lock dropped (inline vma_end_read)" },
+    hook!("__vma_start_write", Entry, "vma_start_write_fentry", Some("vma_start_write_kprobe"), "VMA write lock (6.13+)"),
+    hook!("walk_page_range", Entry, "walk_page_range_fentry", Some("walk_page_range_kprobe"), "page walk"),
+    hook!("walk_page_range_mm", Entry, "walk_page_range_mm_fentry", Some("walk_page_range_mm_kprobe"), "page walk"),
+    hook!("walk_page_vma", Entry, "walk_page_vma_fentry", Some("walk_page_vma_kprobe"), "page walk"),
+    hook!("walk_page_range_vma", Entry, "walk_page_range_vma_fentry", Some("walk_page_range_vma_kprobe"), "page walk"),
+    hook!("walk_page_range_mm_unsafe", Entry, "walk_page_range_mm_unsafe_fentry", Some("walk_page_range_mm_unsafe_kprobe"), "page walk (7.x; what walk_page_range wraps)"),
+    hook!("walk_page_range_vma_unsafe", Entry, "walk_page_range_vma_unsafe_fentry", Some("walk_page_range_vma_unsafe_kprobe"), "page walk (7.x; what walk_page_range_vma wraps)"),
+    hook!("walk_page_mapping", Entry, "walk_page_mapping_fentry", Some("walk_page_mapping_kprobe"), "page walk"),
+    hook!("__walk_page_range", Entry, "walk_step_fentry", Some("walk_step_kprobe"), "per-VMA step of a page walk"),
+    hook!("vma_prepare", Entry, "vma_prepare_fentry", Some("vma_prepare_kprobe"), "VMA change (merge, split, expand)"),
+    hook!("vma_link", Exit, "vma_link_fexit", None, "new VMA inserted"),
+    hook!("_install_special_mapping", Exit, "install_special_fexit", Some("install_special_kretprobe"), "new VMA inserted"),
+    hook!("down_read_trylock", Entry, "down_read_trylock_fentry", Some("down_read_trylock_kprobe"), "tells an mmap_lock trylock under a VMA read lock from a blocking lock"),
+    hook!("down_write_trylock", Entry, "down_write_trylock_fentry", Some("down_write_trylock_kprobe"), "tells an mmap_lock trylock under a VMA read lock from a blocking lock"),
+    hook!("lock_vma_under_rcu", Exit, "lock_vma_fexit", Some("lock_vma_kretprobe"), "per-VMA read lock taken"),
+    hook!("vma_refcount_put", Entry, "vma_refcount_put_fentry", Some("vma_refcount_put_kprobe"), "per-VMA read lock dropped (6.15+)"),
+    hook!("handle_mm_fault", Exit, "handle_mm_fault_fexit", Some("handle_mm_fault_kretprobe"), "end of a fault: per-VMA read lock dropped (inline vma_end_read)"),
 ];
 
 /// Wrappers whose whole work is a call to another hooked function on kernels that have it
@@ -108,10 +143,31 @@ fn attach_probe(ebpf: &mut Ebpf, h: &FnHook, name: &str) -> Result<(), ProgramEr
 
 /// Attaches every function hook it can; returns func → state. `wanted` filters by function name.
 pub fn attach_all(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf, wanted: impl Fn(&str) -> bool) -> BTreeMap<String, HookState> {
+    attach(ebpf, kbtf, btf, FN_HOOKS.iter().filter(|h| wanted(h.func)))
+}
+
+/// Attaches the modifiers' entry/return pairs: a return half only where its entry is attached.
+pub fn attach_modifiers(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf) -> BTreeMap<String, HookState> {
     let mut out = BTreeMap::new();
-    for h in FN_HOOKS.iter().filter(|h| wanted(h.func)) {
+    for [entry, ret] in MODIFIERS {
+        let e = attach(ebpf, kbtf, btf, std::iter::once(entry));
+        let entry_ok = matches!(e.get(entry.func), Some(HookState::Attached(_)));
+        out.extend(e);
+        if entry_ok {
+            out.extend(attach(ebpf, kbtf, btf, std::iter::once(ret)));
+        }
+    }
+    out
+}
+
+fn attach<'a>(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf, hooks: impl Iterator<Item = &'a FnHook>) -> BTreeMap<String, HookState> {
+    let mut out = BTreeMap::new();
+    for h in hooks {
+        let vma_arg_ok = h.vma_arg.is_none_or(|i| kbtf.param_struct(h.func, i).as_deref() == Some("vm_area_struct"));
         let state = if !kbtf.has_function(h.func) {
             HookState::Unavailable("not in this kernel's BTF (absent, renamed or inlined)".into())
+        } else if !vma_arg_ok {
+            HookState::Unavailable(format!("argument {} is not a struct vm_area_struct * on this kernel", h.vma_arg.unwrap_or(0)))
         } else {
             let (tramp, probe) = match h.at {
                 At::Entry => ("fentry", "kprobe"),
@@ -129,9 +185,9 @@ pub fn attach_all(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf, wanted: impl Fn(
             }
         };
         if let HookState::Unavailable(reason) = &state {
-            log::info!("hook {} ({}) unavailable: {reason}", h.func, h.role);
+            log::info!("hook {} ({}) unavailable: {reason}", h.key(), h.role);
         }
-        out.insert(h.func.to_string(), state);
+        out.insert(h.key(), state);
     }
     out
 }

@@ -220,6 +220,9 @@ impl Tracer {
             _ => has(lbits::VMA_SEQ),
         };
         let mut functions = hooks::attach_all(&mut self.ebpf, kbtf, btf, wanted);
+        if has(lbits::VMA_SEQ) && has(lbits::VMA_BASICS) {
+            functions.extend(hooks::attach_modifiers(&mut self.ebpf, kbtf, btf));
+        }
         for (wrapper, inner) in hooks::WRAPPED_BY {
             if let Some(i) = inner.iter().find(|i| kbtf.has_function(i)) {
                 functions.insert(wrapper.to_string(), HookState::Unavailable(format!("not hooked separately: its whole work is a call to {i} (see that hook)")));

@@ -60,6 +60,7 @@ fn mixed_workload_is_silent_and_every_available_hook_fires() {
         ("vma_prepare", "vma_prepare"),
         ("vma_link", "vma_new"),
         ("__vma_start_write", "vma_write_lock"),
+        ("mprotect_fixup:return", "vma_modified"),
     ] {
         if hooked(func) {
             assert!(count(&evs, kind) > 0, "{func} is hooked but no {kind} event came from the workload");

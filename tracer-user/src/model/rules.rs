@@ -108,18 +108,20 @@ pub static RULES: &[Rule] = &[
         id: VM_FLAGS_LOCKED,
         title: "vm_flags, vm_page_prot, vm_policy, vm_userfaultfd_ctx change only under the VMA write lock",
         explanation: "Page faults under per-VMA locks read these fields without mmap_lock, so a \
-            change must write-lock the VMA first (vm_flags_set/clear/mod/reset do). A snapshot \
-            that finds one of them changed while vm_lock_seq did not move proves a change \
-            without the VMA write lock.",
+            change must write-lock the VMA first (vm_flags_set/clear/mod/reset do). Checked when \
+            mprotect_fixup, mlock_fixup and mbind_range return (the VMA they changed must still \
+            be write-locked: that lasts until mmap_write_unlock), and kernel-wide by snapshot: \
+            a field changed while vm_lock_seq did not move was changed without the VMA write \
+            lock.",
         source: "include/linux/mm.h vm_flags_set/vm_flags_clear/vm_flags_mod/vm_flags_reset; \
             include/linux/mm_types.h (\"To modify use vm_flags_{init|reset|set|clear|mod}\"); \
             Documentation/mm/process_addrs.rst field table",
         fix: "Change flags with the vm_flags_* helpers under mmap_write_lock (they \
             vma_start_write first) instead of writing the field directly; vm_flags_init is only \
             for VMAs not yet in the tree.",
-        needs: &["iter:task_vma"],
+        needs: &["fexit:mprotect_fixup", "fexit:mlock_fixup", "fexit:mbind_range", "iter:task_vma"],
         implemented: true,
-        live_hooks: &[],
+        live_hooks: &["mprotect_fixup:return", "mlock_fixup:return", "mbind_range:return"],
         by_snapshot: true,
         layout: layout::VMA_SEQ,
     },

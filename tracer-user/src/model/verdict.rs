@@ -184,6 +184,13 @@ impl fmt::Display for EventLine<'_> {
                 changes.join(" "),
                 facts.names().join(" ")
             ),
+            What::VmaModified { mm, vma, site, changes, flags_before, flags_after, facts } => write!(
+                f,
+                " {} mm {mm:#x} vma {vma:#x} changed [{}] flags {flags_before:#x} -> {flags_after:#x} [{}]",
+                crate::event::site_name(*site),
+                changes.join(" "),
+                facts.names().join(" ")
+            ),
             What::Stack { id, frames } => write!(f, " stack {id}: {} frames", frames.len()),
             What::Missed { count, span } => write!(f, " {count} hook hits skipped by the kernel within the next {span} events"),
         }

@@ -116,6 +116,18 @@ impl VmaRules {
                 let what = format!("{} inserted VMA {vma:#x} without write-locking it", site_name(*s));
                 out.push(Verdict::new(NEW_VMA_LOCKED, what, ev, *mm, vec![ev.clone()]));
             }
+            What::VmaModified { mm, vma, site: s, changes, flags_before, flags_after, facts }
+                if facts.vma_known() && !facts.has(fact::VMA_WRITE_LOCKED) =>
+            {
+                // A VMA write-locked for the change stays write-locked until mmap_write_unlock,
+                // which comes after the modifier returns.
+                let what = format!(
+                    "{} changed {} of VMA {vma:#x} (vm_flags {flags_before:#x} -> {flags_after:#x}) without write-locking it",
+                    site_name(*s),
+                    changes.join(", ")
+                );
+                out.push(Verdict::new(VM_FLAGS_LOCKED, what, ev, *mm, proof(*mm)));
+            }
             What::VmaSnapshot { mm, vma, vm_start, changes, flags_changed, facts } => {
                 self.snapshot(ev, *mm, *vma, *vm_start, changes, *flags_changed, *facts, out);
             }
@@ -294,6 +306,24 @@ mod tests {
         assert_eq!(rules_of(&verdicts(&[ev(1, false, snap(&["new", "mm_seen_before"], 0, unset))])), [NEW_VMA_LOCKED]);
         // First sight of an mm (fork, exec, start of tracing): its VMAs are not judged new.
         assert!(verdicts(&[ev(1, false, snap(&["new"], 0, unset))]).is_empty());
+    }
+
+    #[test]
+    fn modifiers_must_write_lock_what_they_change() {
+        let m = |facts| What::VmaModified {
+            mm: MM,
+            vma: VMA,
+            site: site::MPROTECT_FIXUP,
+            changes: vec!["vm_flags".into()],
+            flags_before: 0x73,
+            flags_after: 0x71,
+            facts: Facts(facts),
+        };
+        let v = verdicts(&[ev(1, false, m(WRITER))]);
+        assert_eq!(rules_of(&v), [VM_FLAGS_LOCKED]);
+        assert!(v[0].what.starts_with("mprotect_fixup changed vm_flags"), "{}", v[0].what);
+        assert_eq!(v[0].stack, ["vt_mode+0x1c [vmalock_test]"]);
+        assert!(verdicts(&[ev(1, false, m(WRITER | f::VMA_WRITE_LOCKED))]).is_empty());
     }
 
     #[test]

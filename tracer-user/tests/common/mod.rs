@@ -136,7 +136,9 @@ pub const OUR_PROGRAMS: &[&str] = &[
     "install_special", "lock_vma_fexit", "lock_vma_kretpr", "snapshot_task_v", "vma_link_fexit",
     "vma_prepare_fen", "vma_prepare_kpr", "vma_refcount_pu", "vma_start_write", "walk_page_mappi",
     "walk_page_range", "walk_page_vma_f", "walk_page_vma_k", "walk_step_fentr", "walk_step_kprob",
-    "handle_mm_fault", "down_read_trylo", "down_write_tryl",
+    "handle_mm_fault", "down_read_trylo", "down_write_tryl", "mprotect_fixup_",
+    "mlock_fixup_fen", "mlock_fixup_fex", "mlock_fixup_kpr", "mlock_fixup_kre",
+    "mbind_range_fen", "mbind_range_fex", "mbind_range_kpr", "mbind_range_kre",
 ];
 
 pub fn assert_none_of_ours_loaded() {
