@@ -137,3 +137,28 @@ pub fn vma_facts(l: &Layout, mm: u64, vma: u64) -> u32 {
     }
     f
 }
+
+/// 6.15+: `vm_refcnt` counts 1 for "attached" plus one per reader; bit 30
+/// (VM_REFCNT_EXCLUDE_READERS_FLAG, VMA_LOCK_OFFSET before 7.x) marks a writer excluding them.
+const REFCNT_READERS_MASK: u32 = (1 << 30) - 1;
+/// kernel/locking/rwsem.c: readers are counted from bit 8 of `count` (RWSEM_READER_SHIFT).
+const RWSEM_READER_SHIFT: u32 = 8;
+
+/// How many readers hold `vma`'s per-VMA lock now (possibly plus a transient reference), or
+/// None where this kernel's layout does not show it.
+#[inline(always)]
+pub fn vma_readers(l: &Layout, vma: u64) -> Option<u32> {
+    if l.known & layout::VMA_REFCNT != 0 {
+        let refcnt = read::<u32>(vma, l.vma_refcnt)?;
+        Some((refcnt & REFCNT_READERS_MASK).saturating_sub(1))
+    } else if l.known & layout::VMA_VM_LOCK != 0 {
+        let lock = read::<u64>(vma, l.vma_vm_lock)?;
+        let count = read::<u64>(lock + l.vma_lock_rwsem as u64, l.rwsem_count)?;
+        if count & RWSEM_WRITER_LOCKED != 0 {
+            return Some(0);
+        }
+        Some((count >> RWSEM_READER_SHIFT) as u32)
+    } else {
+        None
+    }
+}

@@ -10,8 +10,8 @@ use tracer_common::{fact, flag, kind, tp_layout};
 
 use crate::{
     emit::{Body, emit, emit_body, stack_id},
-    kernel::{layout, vma_facts, vma_mm},
-    vma::{forget_task, held_vma_read, took_trylock},
+    kernel::{layout, vma_readers},
+    vma::{believed, forget_task, held_vma_read, took_trylock},
 };
 
 /// Non-zero when the per-VMA read-lock probes exist on this kernel (set by the loader): only
@@ -24,16 +24,17 @@ static TRACK_VMA_READ: Global<u32> = Global::new(0);
 #[inline(always)]
 fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {
     let held = if TRACK_VMA_READ.load() != 0 { held_vma_read() } else { None };
-    // vma_end_read() is inline almost everywhere, so a release can go unseen: trust the entry
-    // only while the VMA still has readers (vm_refcnt / vm_lock rwsem), else forget it.
-    let held = held.filter(|&vma| {
-        let l = layout();
-        let f = vma_facts(&l, vma_mm(&l, vma), vma);
-        let readers = f & fact::VMA_READ_KNOWN == 0 || f & fact::VMA_READ_LOCKED != 0;
-        if !readers {
+    // vma_end_read() is inline almost everywhere, so a release can go unseen. Trust the hold
+    // only while the VMA has at least as many readers as the holds believed on it; with none
+    // left it was released: forget it. In between some belief is stale and nobody can tell
+    // whose: no fact is sent (never a verdict from a guess).
+    let held = held.filter(|&vma| match vma_readers(&layout(), vma) {
+        None => true,
+        Some(0) => {
             forget_task();
+            false
         }
-        readers
+        Some(readers) => readers >= believed(vma),
     });
     match held {
         Some(vma) => {

@@ -25,6 +25,31 @@ use crate::{
 #[map]
 pub static TASK_VMA_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// How many of the per-VMA read holds in TASK_VMA_READ name each VMA. vma_end_read() is inline
+/// almost everywhere, so a release can go unseen; comparing this with the VMA's real reader
+/// count tells whether every hold believed on it can still be real.
+#[map]
+pub static VMA_BELIEVED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn believed_add(vma: u64, delta: i32) {
+    if VMA_BELIEVED.get_ptr_mut(&vma).is_none() {
+        let _ = VMA_BELIEVED.insert(&vma, &0, aya_ebpf::bindings::BPF_NOEXIST as u64);
+    }
+    if let Some(p) = VMA_BELIEVED.get_ptr_mut(&vma) {
+        // SAFETY: a valid map value; other CPUs update it concurrently.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta as u32);
+        }
+    }
+}
+
+/// Holds believed on `vma` (at least 1 when the caller holds one).
+#[inline(always)]
+pub fn believed(vma: u64) -> u32 {
+    unsafe { VMA_BELIEVED.get(&vma) }.copied().unwrap_or(0)
+}
+
 /// The rwsem a task holding a per-VMA read lock last passed to down_*_trylock: tid → sem.
 #[map]
 pub static TASK_TRYLOCK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -288,7 +313,19 @@ fn on_vma_read_locked(vma: u64) {
         return;
     }
     count(counter::VMA_READ_TAKEN);
+    // A hold this task still had was released unseen: it cannot hold two at once here.
+    drop_hold(tid());
     let _ = TASK_VMA_READ.insert(&tid(), &vma, 0);
+    believed_add(vma, 1);
+}
+
+/// Forgets task `t`'s VMA read hold, if any.
+#[inline(always)]
+fn drop_hold(t: u32) {
+    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
+        let _ = TASK_VMA_READ.remove(&t);
+        believed_add(held, -1);
+    }
 }
 
 /// `struct vm_area_struct *lock_vma_under_rcu(struct mm_struct *mm, unsigned long address)`.
@@ -308,10 +345,10 @@ pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn on_vma_read_dropped(vma: u64) {
     let t = tid();
-    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) } {
-        if vma == 0 || *held == vma {
+    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
+        if vma == 0 || held == vma {
             count(counter::VMA_READ_DROPPED);
-            let _ = TASK_VMA_READ.remove(&t);
+            drop_hold(t);
         }
     }
 }
@@ -397,7 +434,7 @@ pub fn held_vma_read() -> Option<u64> {
 /// A task that exits forgets its entry (an exit we missed is aged out by the LRU).
 #[inline(always)]
 pub fn forget_task() {
-    let _ = TASK_VMA_READ.remove(&tid());
+    drop_hold(tid());
     let _ = TASK_TRYLOCK.remove(&tid());
 }
 
