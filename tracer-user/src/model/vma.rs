@@ -81,6 +81,11 @@ impl VmaRules {
                 if *s == site::WALK_PAGE_MAPPING {
                     return; // walks a file's mappings under i_mmap_rwsem: no mmap_lock to check
                 }
+                if *mm == 0 {
+                    // A VMA without an mm (the gate VMA /proc/PID/smaps shows): mm/pagewalk.c
+                    // walk_page_vma returns -EINVAL before any lock check or walk.
+                    return;
+                }
                 let fname = site_name(*s);
                 match w {
                     WalkLock::PgwalkVmaRdlockVerify => {
@@ -254,6 +259,8 @@ mod tests {
         let wr = WalkLock::PgwalkWrlock;
         assert_eq!(rules_of(&verdicts(&[ev(1, false, walk(wr, site::WALK_PAGE_RANGE, 0, READER))])), [PAGEWALK_LOCK_MODE]);
         assert!(verdicts(&[ev(1, false, walk(wr, site::WALK_PAGE_RANGE, 0, WRITER))]).is_empty());
+        // The gate VMA has no mm: walk_page_vma refuses it before checking locks.
+        assert!(verdicts(&[ev(1, true, What::PageWalk { mm: 0, vma: VMA, walk_lock: Some(rd), site: site::WALK_PAGE_VMA, facts: Facts(0) })]).is_empty());
         // walk_page_mapping runs under i_mmap_rwsem: not judged against mmap_lock.
         assert!(verdicts(&[ev(1, false, walk(rd, site::WALK_PAGE_MAPPING, 0, nobody))]).is_empty());
         // VMA_RDLOCK_VERIFY wants the VMA locked, not the mmap_lock.
