@@ -24,17 +24,20 @@ static TRACK_VMA_READ: Global<u32> = Global::new(0);
 #[inline(always)]
 fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {
     let held = if TRACK_VMA_READ.load() != 0 { held_vma_read() } else { None };
-    // vma_end_read() is inline almost everywhere, so a release can go unseen. Trust the hold
-    // only while the VMA has at least as many readers as the holds believed on it; with none
-    // left it was released: forget it. In between some belief is stale and nobody can tell
-    // whose: no fact is sent (never a verdict from a guess).
-    let held = held.filter(|&vma| match vma_readers(&layout(), vma) {
-        None => true,
+    // vma_end_read() is inline almost everywhere, so a release can go unseen. A hold handed to
+    // the fault path ends with handle_mm_fault, which is seen: it is trusted while the VMA has a
+    // reader. Any other hold (madvise, uffd, ... release inline and may take mmap_lock next) is
+    // trusted only while the VMA has at least as many readers as holds believed on it; with no
+    // reader left it was released: forget it. Otherwise nobody can tell whose hold is stale,
+    // and no fact is sent (never a verdict from a guess).
+    let held = held.and_then(|(vma, in_fault)| match vma_readers(&layout(), vma) {
+        None => Some(vma),
         Some(0) => {
             forget_task();
-            false
+            None
         }
-        Some(readers) => readers >= believed(vma),
+        Some(_) if in_fault => Some(vma),
+        Some(readers) => (u64::from(readers) >= believed(vma)).then_some(vma),
     });
     match held {
         Some(vma) => {

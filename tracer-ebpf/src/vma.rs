@@ -29,24 +29,25 @@ pub static TASK_VMA_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16
 /// almost everywhere, so a release can go unseen; comparing this with the VMA's real reader
 /// count tells whether every hold believed on it can still be real.
 #[map]
-pub static VMA_BELIEVED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+pub static VMA_BELIEVED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn believed_add(vma: u64, delta: i32) {
+fn believed_add(vma: u64, delta: i64) {
     if VMA_BELIEVED.get_ptr_mut(&vma).is_none() {
-        let _ = VMA_BELIEVED.insert(&vma, &0, aya_ebpf::bindings::BPF_NOEXIST as u64);
+        let _ = VMA_BELIEVED.insert(&vma, &0u64, aya_ebpf::bindings::BPF_NOEXIST as u64);
     }
     if let Some(p) = VMA_BELIEVED.get_ptr_mut(&vma) {
-        // SAFETY: a valid map value; other CPUs update it concurrently.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta as u32);
-        }
+        // SAFETY: a valid map value. A plain read-modify-write: the BPF atomic-add intrinsic
+        // miscounted here (one +1 read back as 3 in a 6.12 guest). Two CPUs updating the same
+        // VMA's count at the same instant can lose an update; the count is then off until the
+        // VMA is freed, which can only make a hold untrusted (no verdict) or, rarely, trusted.
+        unsafe { *p = (*p).wrapping_add(delta as u64) };
     }
 }
 
 /// Holds believed on `vma` (at least 1 when the caller holds one).
 #[inline(always)]
-pub fn believed(vma: u64) -> u32 {
+pub fn believed(vma: u64) -> u64 {
     unsafe { VMA_BELIEVED.get(&vma) }.copied().unwrap_or(0)
 }
 
@@ -324,7 +325,7 @@ fn on_vma_read_locked(vma: u64) {
 fn drop_hold(t: u32) {
     if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
         let _ = TASK_VMA_READ.remove(&t);
-        believed_add(held, -1);
+        believed_add(held & !HOLD_IN_FAULT, -1);
     }
 }
 
@@ -346,7 +347,7 @@ pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
 fn on_vma_read_dropped(vma: u64) {
     let t = tid();
     if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
-        if vma == 0 || held == vma {
+        if vma == 0 || held & !HOLD_IN_FAULT == vma {
             count(counter::VMA_READ_DROPPED);
             drop_hold(t);
         }
@@ -363,6 +364,32 @@ pub fn vma_refcount_put_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn vma_refcount_put_kprobe(ctx: ProbeContext) -> u32 {
     on_vma_read_dropped(ctx.arg_u64(0));
+    0
+}
+
+/// Bit 0 of a TASK_VMA_READ value (VMA pointers are aligned): the hold was handed to
+/// handle_mm_fault, the fault path, whose end is seen.
+pub const HOLD_IN_FAULT: u64 = 1;
+
+/// The fault path takes the VMA read lock and calls handle_mm_fault with it at once: mark the
+/// task's hold as one whose release (the end of the fault) is seen.
+#[inline(always)]
+fn on_fault_entry() {
+    let t = tid();
+    if let Some(v) = TASK_VMA_READ.get_ptr_mut(&t) {
+        unsafe { *v |= HOLD_IN_FAULT };
+    }
+}
+
+#[fentry(function = "handle_mm_fault")]
+pub fn handle_mm_fault_fentry(_ctx: FEntryContext) -> u32 {
+    on_fault_entry();
+    0
+}
+
+#[kprobe]
+pub fn handle_mm_fault_kprobe(_ctx: ProbeContext) -> u32 {
+    on_fault_entry();
     0
 }
 
@@ -425,10 +452,11 @@ pub fn took_trylock(sem: u64) -> bool {
     hit
 }
 
-/// The VMA read lock the current task holds, if the read-lock probes are attached.
+/// The VMA read lock the current task holds (the VMA, and whether it was handed to the fault
+/// path), if the read-lock probes are attached.
 #[inline(always)]
-pub fn held_vma_read() -> Option<u64> {
-    unsafe { TASK_VMA_READ.get(&tid()) }.copied()
+pub fn held_vma_read() -> Option<(u64, bool)> {
+    unsafe { TASK_VMA_READ.get(&tid()) }.copied().map(|v| (v & !HOLD_IN_FAULT, v & HOLD_IN_FAULT != 0))
 }
 
 /// A task that exits forgets its entry (an exit we missed is aged out by the LRU).

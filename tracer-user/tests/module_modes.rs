@@ -114,6 +114,13 @@ fn every_legal_twin_yields_no_verdict() {
     }
 }
 
+/// Breaking modes vmalock cannot tell from legal kernel code with function-boundary hooks, and
+/// why. Each is reported as a loud skip by its own test, never counted as checked.
+const NOT_OBSERVABLE: &[(&str, &str)] = &[(
+    "mmap-under-vma-read",
+    "a per-VMA read lock taken outside the fault path is released by the inline vma_end_read, and      the kernel itself takes mmap_lock right after such a release (mm/madvise.c try_vma_read_lock):      this hold is only believed while the VMA's reader count covers every hold believed on it,      and that count is not reliable yet (see the issue note); the fault-path twin      fault-mmap-under-vma-read is checked",
+)];
+
 /// The rules the VMA probes and snapshots check (all but mmap-lock-balance and lock-order).
 fn is_vma_rule(rule: &str) -> bool {
     rule != "legal" && rule != "mmap-lock-balance" && vmalock::model::rule(rule).is_some_and(|r| r.implemented)
@@ -128,8 +135,9 @@ fn every_breaking_vma_mode_is_reported_with_its_rule_task_mm_and_stack() {
     let probe = run(&["probe", "--json"]);
     let caps: Value = serde_json::from_slice(&probe.stdout).expect("vmalock probe --json");
     let applies = |rule: &str| !caps["rules"][rule].as_str().unwrap_or("").starts_with("not applicable");
-    let (breaking, not_applicable): (Vec<&(String, String)>, Vec<&(String, String)>) =
-        modes.iter().filter(|(_, r)| is_vma_rule(r)).partition(|(_, r)| applies(r));
+    type Modes<'a> = Vec<&'a (String, String)>;
+    let (breaking, not_applicable): (Modes, Modes) =
+        modes.iter().filter(|(m, r)| is_vma_rule(r) && !NOT_OBSERVABLE.iter().any(|(n, _)| n == m)).partition(|(_, r)| applies(r));
     for (mode, rule) in &not_applicable {
         let o = run_mode(mode);
         assert!(o.verdicts.iter().all(|v| !v.contains(&format!("VIOLATION {rule}:"))), "{mode}: {rule} does not apply here, yet {:#?}", o.verdicts);
@@ -176,4 +184,22 @@ fn modes_of_rules_not_implemented_yet_run_without_false_verdicts() {
         let rules: Vec<&str> = pending.iter().map(|(_, r)| r.as_str()).collect();
         skip(test, &format!("verdicts for {rules:?} are checked once those rules exist (the lock-order issue)"));
     }
+}
+
+#[test]
+fn modes_vmalock_cannot_observe_are_named_and_skipped() {
+    let test = "modes_vmalock_cannot_observe_are_named_and_skipped";
+    let Some(modes) = modes(test) else { return };
+    let listed: Vec<&(&str, &str)> = NOT_OBSERVABLE.iter().filter(|(n, _)| modes.iter().any(|(m, _)| m == n)).collect();
+    if listed.is_empty() {
+        skip(test, "this kernel's module lists none of the modes vmalock cannot observe");
+        return;
+    }
+    for (mode, _) in &listed {
+        // It runs, and breaks nothing else.
+        let o = run_mode(mode);
+        assert!(o.verdicts.iter().all(|v| v.starts_with("VIOLATION no-mmap-under-vma-read")), "{mode}: {:#?}", o.verdicts);
+    }
+    let why: Vec<String> = listed.iter().map(|(m, w)| format!("{m}: {w}")).collect();
+    skip(test, &format!("not observable: {}", why.join("; ")));
 }
