@@ -149,36 +149,15 @@ fn check_reproduces_live_verdicts_and_catches_a_removed_release() {
     let lines: Vec<&str> = text.lines().collect();
     let header: Value = serde_json::from_str(lines[0]).unwrap();
     let tgid = header["filter"]["tgid"].as_u64().unwrap();
-    // Where the kernel skipped hook hits (7.x), the model judges nothing inside the marked
-    // stretch and forgets everything at its end: the doctored release and the acquire it pairs
-    // with must both come after the last such stretch.
-    let parsed: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap_or(Value::Null)).collect();
-    let mut clear_from = 0;
-    let mut blind = 0u64;
-    for (i, v) in parsed.iter().enumerate() {
-        if v["kind"] == "missed" {
-            blind = v["span"].as_u64().unwrap_or(0);
-            clear_from = usize::MAX;
-        } else if v["type"] == "event" && v["kind"] != "stack" && blind > 0 {
-            blind -= 1;
-            if blind == 0 {
-                clear_from = i + 1;
-            }
-        }
-    }
-    let found = parsed.iter().enumerate().skip(clear_from.min(parsed.len())).find_map(|(i, v)| {
-        let tid = v["tid"].as_u64()?;
-        let is_write = |kind: &str, x: &Value| x["kind"] == kind && x["write"] == true && x["tid"].as_u64() == Some(tid);
-        let acquired_since_clear = parsed[clear_from..i].iter().any(|x| is_write("mmap_lock_acquired", x));
-        (is_write("mmap_lock_released", v) && tid != tgid && acquired_since_clear).then_some((i, tid))
-    });
-    let Some((victim, tid)) = found else {
-        skip(
-            "check_reproduces_live_verdicts_and_catches_a_removed_release",
-            "every worker write release lies in or before a stretch where the kernel skipped hook hits",
-        );
-        return;
-    };
+    let (victim, tid) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["kind"] == "mmap_lock_released" && v["write"] == true && v["tid"].as_u64() != Some(tgid))
+                .then(|| (i, v["tid"].as_u64().unwrap()))
+        })
+        .expect("a worker's write release");
     let doctored: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, l)| *l).collect();
     let bad = dir.path().join("doctored.jsonl");
     std::fs::write(&bad, doctored.join("\n") + "\n").unwrap();
