@@ -18,6 +18,11 @@
 //!
 //! usage: vmalock-mix [--threads T] [--iters N] [--sleep-first MS] [--wait-for PATH]
 
+#[path = "workload_args/mod.rs"]
+mod workload_args;
+
+use workload_args::{arg, wait_to_start};
+
 use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
@@ -28,7 +33,6 @@ use std::{
         Mutex, OnceLock,
     },
     thread,
-    time::Duration,
 };
 
 use libc::{c_int, c_long, c_void, EINVAL, ENOMEM, ENOSYS, EPERM};
@@ -477,27 +481,12 @@ fn churn(tag: String, round: u64, slot: usize, slots: usize, shared: usize, priv
     pagemap(private, pages);
 }
 
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number, got {v}")))
-        .unwrap_or(default)
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads = arg(&args, "--threads", 4) as usize;
     let iters = arg(&args, "--iters", 20);
-    let sleep_ms = arg(&args, "--sleep-first", 0);
-    if sleep_ms > 0 {
-        thread::sleep(Duration::from_millis(sleep_ms));
-    }
-    if let Some(path) = args.iter().position(|a| a == "--wait-for").and_then(|i| args.get(i + 1)) {
-        while !std::path::Path::new(path).exists() {
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
+    wait_to_start(&args);
 
     const FORKS_PER_ROUND: usize = 2;
     let slots = threads + 1;

@@ -7,15 +7,13 @@
 //!
 //! usage: vmalock-workload [--threads N] [--iters N] [--sleep-first MS] [--wait-for PATH]
 
-use std::{thread, time::Duration};
+#[path = "workload_args/mod.rs"]
+mod workload_args;
 
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number, got {v}")))
-        .unwrap_or(default)
-}
+use workload_args::{arg, wait_to_start};
+
+use std::thread;
+
 
 fn churn(iters: u64) {
     const LEN: usize = 64 << 10;
@@ -40,15 +38,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads = arg(&args, "--threads", 4);
     let iters = arg(&args, "--iters", 200);
-    let sleep_ms = arg(&args, "--sleep-first", 0);
-    if sleep_ms > 0 {
-        thread::sleep(Duration::from_millis(sleep_ms));
-    }
-    if let Some(path) = args.iter().position(|a| a == "--wait-for").and_then(|i| args.get(i + 1)) {
-        while !std::path::Path::new(path).exists() {
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
+    wait_to_start(&args);
     let handles: Vec<_> = (0..threads).map(|_| thread::spawn(move || churn(iters))).collect();
     for h in handles {
         h.join().expect("worker panicked");
