@@ -149,15 +149,16 @@ fn check_reproduces_live_verdicts_and_catches_a_removed_release() {
     let lines: Vec<&str> = text.lines().collect();
     let header: Value = serde_json::from_str(lines[0]).unwrap();
     let tgid = header["filter"]["tgid"].as_u64().unwrap();
-    let (victim, tid) = lines
-        .iter()
-        .enumerate()
-        .find_map(|(i, l)| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["kind"] == "mmap_lock_released" && v["write"] == true && v["tid"].as_u64() != Some(tgid))
-                .then(|| (i, v["tid"].as_u64().unwrap()))
-        })
-        .expect("a worker's write release");
+    let parsed: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap_or(Value::Null)).collect();
+    let footer = parsed.last().unwrap();
+    assert_eq!(footer["lost_events"], 0, "two threads must not overflow the default ring");
+    let Some((victim, tid)) = provable_release(&parsed, tgid) else {
+        skip(
+            "check_reproduces_live_verdicts_and_catches_a_removed_release",
+            "every worker write release lies in a stretch where the kernel skipped hook hits",
+        );
+        return;
+    };
     let doctored: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, l)| *l).collect();
     let bad = dir.path().join("doctored.jsonl");
     std::fs::write(&bad, doctored.join("\n") + "\n").unwrap();
@@ -167,6 +168,51 @@ fn check_reproduces_live_verdicts_and_catches_a_removed_release() {
     let first = stdout.lines().next().expect("a verdict");
     assert!(first.contains("mmap-lock-balance"), "{first}");
     assert!(first.contains(&format!("task {tid}/{tgid} ")), "verdict names the doctored task: {first}");
+}
+
+/// A worker's write release whose absence the stream itself proves: the same task's previous
+/// and next successful acquires of that mm are both for write, so without the release the next
+/// one re-takes a lock the task holds. A read acquire next would not prove it: with start_locking
+/// filtered in the kernel (the default), it looks like mmap_write_downgrade. And none of the
+/// three may lie in, or straddle, a stretch where the kernel skipped hook hits (7.x): the model
+/// judges nothing there and forgets everything at both ends (`What::Missed`).
+fn provable_release(parsed: &[Value], tgid: u64) -> Option<(usize, u64)> {
+    // Index of the last event each line must not precede: a marker or a stretch's end.
+    let mut last_reset = vec![0usize; parsed.len()];
+    let mut blind = vec![false; parsed.len()];
+    let (mut left, mut reset) = (0u64, 0usize);
+    for (i, v) in parsed.iter().enumerate() {
+        if v["kind"] == "missed" {
+            left = v["span"].as_u64().unwrap_or(0);
+            reset = i;
+            blind[i] = true;
+        } else if v["type"] == "event" && v["kind"] != "stack" && left > 0 {
+            blind[i] = true;
+            left -= 1;
+            if left == 0 {
+                reset = i;
+            }
+        }
+        last_reset[i] = reset;
+    }
+    let acquire = |v: &Value, tid: u64, mm: &Value| {
+        v["kind"] == "mmap_lock_acquired" && v["success"] == true && v["tid"].as_u64() == Some(tid) && &v["mm"] == mm
+    };
+    parsed.iter().enumerate().find_map(|(i, v)| {
+        let tid = v["tid"].as_u64()?;
+        if v["kind"] != "mmap_lock_released" || v["write"] != true || tid == tgid || blind[i] {
+            return None;
+        }
+        let mm = &v["mm"];
+        let before = (0..i).rev().find(|&j| acquire(&parsed[j], tid, mm))?;
+        let after = (i + 1..parsed.len()).find(|&j| acquire(&parsed[j], tid, mm))?;
+        let clear = parsed[before]["write"] == true
+            && parsed[after]["write"] == true
+            && !blind[before]
+            && !blind[after]
+            && last_reset[after] < before;
+        clear.then_some((i, tid))
+    })
 }
 
 #[test]

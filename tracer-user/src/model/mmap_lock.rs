@@ -208,11 +208,13 @@ impl MmapLocks {
                     ts_ns,
                 });
             }
-            What::MmapLockAcquired { mm, write, success, .. } => {
+            What::MmapLockAcquired { mm, write, success, trylock, .. } => {
                 let t = self.touch(ev, stats);
-                t.pending = None;
+                // An attempt (start_locking seen, or a trylock) is not a downgrade, which
+                // traces acquire_returned alone.
+                let attempted = trylock || t.pending.take().is_some_and(|p| p.mm == mm);
                 if success {
-                    acquired(t, ev, mm, Mode::of(write), out);
+                    acquired(t, ev, mm, Mode::of(write), attempted, out);
                 }
             }
             What::MmapLockReleased { mm, write } => {
@@ -422,7 +424,16 @@ impl MmapLocks {
 }
 
 /// A successful acquire of `mm` in `mode` by the task `t`.
-fn acquired(t: &mut TaskState, ev: &Event, mm: u64, mode: Mode, out: &mut Vec<Verdict>) {
+/// `attempted`: the stream shows this acquire as a lock attempt (its start_locking, or a
+/// trylock), which tells a read acquire from mmap_write_downgrade's.
+fn acquired(
+    t: &mut TaskState,
+    ev: &Event,
+    mm: u64,
+    mode: Mode,
+    attempted: bool,
+    out: &mut Vec<Verdict>,
+) {
     t.known.note(mm);
     let Some((_, hold)) = t.hold(mm) else {
         t.holds.push(Hold {
@@ -437,9 +448,25 @@ fn acquired(t: &mut TaskState, ev: &Event, mm: u64, mode: Mode, out: &mut Vec<Ve
     match (hold.mode, mode) {
         // mmap_write_downgrade traces acquire_returned(write=false, success=true) and no
         // release of the write lock: the hold carries on, now for read.
-        (Mode::Write, Mode::Read) => {
+        (Mode::Write, Mode::Read) if !attempted => {
             hold.mode = Mode::Read;
             hold.downgraded = Some(ev.clone());
+        }
+        // A read attempt on a lock this task holds for write blocks forever, and a read
+        // trylock of it cannot succeed (include/linux/mmap_lock.h, kernel/locking/rwsem.c):
+        // the write hold was released where the stream did not show it.
+        (Mode::Write, Mode::Read) => {
+            let what = "mmap_lock taken for read while this task already holds it for write";
+            let events = hold.proof().chain([ev.clone()]).collect();
+            out.push(Verdict::new(MMAP_LOCK_BALANCE, what.to_string(), ev, mm, events));
+            // From here on believe the latest event: one read hold.
+            *hold = Hold {
+                mm,
+                mode,
+                count: 1,
+                acquired: ev.clone(),
+                downgraded: None,
+            };
         }
         // Nested read: balanced as long as every level is released, so only counted.
         (Mode::Read, Mode::Read) => hold.count += 1,
@@ -626,6 +653,51 @@ mod tests {
         r.quiet(&[(NEW, rel(A, false))]);
         assert!(r.held(NEW).is_empty());
         assert!(r.feed(NEW, What::TaskExit).is_empty());
+    }
+
+    /// A read attempt while holding the lock for write is no downgrade: start_locking or a
+    /// trylock shows it, and it means the write release was not seen (a doctored trace, or a
+    /// kernel that released without the tracepoint).
+    #[test]
+    fn read_attempt_while_holding_write_is_a_verdict_not_a_downgrade() {
+        for how in ["start_locking", "trylock"] {
+            let mut r = Run::new();
+            let take = r.ev(NEW, acq(A, true));
+            assert!(r.apply(&take).is_empty());
+            let read = What::MmapLockAcquired {
+                mm: A,
+                write: false,
+                success: true,
+                vma_read: None,
+                trylock: how == "trylock",
+            };
+            if how == "start_locking" {
+                r.quiet(&[(NEW, What::MmapLockStart { mm: A, write: false, vma_read: None })]);
+            }
+            let again = r.ev(NEW, read);
+            let v = r.apply(&again);
+            assert_eq!(
+                whats(&v),
+                ["mmap_lock taken for read while this task already holds it for write"],
+                "{how}"
+            );
+            assert_eq!(v[0].events, [take.clone(), again], "{how}");
+            // The model believes the latest event: the read release balances it.
+            assert!(r.feed(NEW, rel(A, false)).is_empty(), "{how}");
+            assert!(r.held(NEW).is_empty(), "{how}");
+        }
+    }
+
+    /// A start_locking for another mm says nothing about this acquire.
+    #[test]
+    fn a_pending_attempt_on_another_mm_does_not_make_a_downgrade_an_attempt() {
+        let mut r = Run::new();
+        r.quiet(&[
+            (NEW, acq(A, true)),
+            (NEW, What::MmapLockStart { mm: B, write: false, vma_read: None }),
+            (NEW, acq(A, false)),
+        ]);
+        assert_eq!(r.held(NEW), [(A, Mode::Read, 1)]);
     }
 
     #[test]
