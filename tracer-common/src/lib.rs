@@ -40,7 +40,8 @@ pub mod kind {
     /// `args[0]` = vm_start, `args[1]` = [`super::snap`] bits, `args[2]` = the vm_flags bits
     /// that changed since the previous snapshot.
     pub const VMA_SNAPSHOT: u16 = 11;
-    /// A VMA modifier (mprotect_fixup, mlock_fixup, mbind_range) returned having changed the
+    /// A VMA modifier (mprotect_fixup, mlock_fixup, mbind_range, madvise_update_vma,
+    /// userfaultfd_register_range) returned having changed the
     /// VMA it was handed: `vma`, `args[0]`/`args[1]` = vm_flags before/after, `args[2]` =
     /// [`super::site`] | [`super::snap`] change bits << 16; facts read at the return.
     pub const VMA_MODIFIED: u16 = 12;
@@ -63,6 +64,8 @@ pub mod site {
     pub const MPROTECT_FIXUP: u64 = 32;
     pub const MLOCK_FIXUP: u64 = 33;
     pub const MBIND_RANGE: u64 = 34;
+    pub const MADVISE_UPDATE_VMA: u64 = 35;
+    pub const USERFAULTFD_REGISTER_RANGE: u64 = 36;
 }
 
 /// `RawEvent::args[0]` bits of VMA_PREPARE: which member of `struct vma_prepare` is not

@@ -572,3 +572,5 @@ macro_rules! modifier_programs {
 modifier_programs!(mprotect_fixup_fentry, mprotect_fixup_fexit, mprotect_fixup_kprobe, mprotect_fixup_kretprobe, "mprotect_fixup", 2, site::MPROTECT_FIXUP);
 modifier_programs!(mlock_fixup_fentry, mlock_fixup_fexit, mlock_fixup_kprobe, mlock_fixup_kretprobe, "mlock_fixup", 1, site::MLOCK_FIXUP);
 modifier_programs!(mbind_range_fentry, mbind_range_fexit, mbind_range_kprobe, mbind_range_kretprobe, "mbind_range", 1, site::MBIND_RANGE);
+modifier_programs!(madvise_update_vma_fentry, madvise_update_vma_fexit, madvise_update_vma_kprobe, madvise_update_vma_kretprobe, "madvise_update_vma", 0, site::MADVISE_UPDATE_VMA);
+modifier_programs!(uffd_register_fentry, uffd_register_fexit, uffd_register_kprobe, uffd_register_kretprobe, "userfaultfd_register_range", 1, site::USERFAULTFD_REGISTER_RANGE);

@@ -85,8 +85,10 @@ const FUNCTIONS: &[&str] = &[
     "mlock_fixup",
     "vma_modify_flags",
     "madvise_vma_behavior",
+    "madvise_update_vma",
     "mbind_range",
     "userfaultfd_register",
+    "userfaultfd_register_range",
     "lock_vma_under_rcu",
 ];
 

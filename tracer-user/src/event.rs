@@ -142,6 +142,8 @@ pub fn site_name(s: u64) -> &'static str {
         site::MPROTECT_FIXUP => "mprotect_fixup",
         site::MLOCK_FIXUP => "mlock_fixup",
         site::MBIND_RANGE => "mbind_range",
+        site::MADVISE_UPDATE_VMA => "madvise_update_vma",
+        site::USERFAULTFD_REGISTER_RANGE => "userfaultfd_register_range",
         _ => "unknown",
     }
 }

@@ -63,6 +63,12 @@ pub const MODIFIERS: &[[FnHook; 2]] = &[
     modifier!("mprotect_fixup", 2, "mprotect_fixup_fentry", "mprotect_fixup_fexit", "mprotect_fixup_kprobe", "mprotect_fixup_kretprobe"),
     modifier!("mlock_fixup", 1, "mlock_fixup_fentry", "mlock_fixup_fexit", "mlock_fixup_kprobe", "mlock_fixup_kretprobe"),
     modifier!("mbind_range", 1, "mbind_range_fentry", "mbind_range_fexit", "mbind_range_kprobe", "mbind_range_kretprobe"),
+    // madvise's vm_flags changes (MADV_HUGEPAGE, DONTFORK, ...). 6.x: (vma, prev, start, end,
+    // new_flags, anon_name); 7.x passes a struct madvise_behavior instead, which the argument
+    // check refuses with a reason.
+    modifier!("madvise_update_vma", 0, "madvise_update_vma_fentry", "madvise_update_vma_fexit", "madvise_update_vma_kprobe", "madvise_update_vma_kretprobe"),
+    // UFFDIO_REGISTER: vm_flags and vm_userfaultfd_ctx of each VMA in the range (mm/userfaultfd.c).
+    modifier!("userfaultfd_register_range", 1, "uffd_register_fentry", "uffd_register_fexit", "uffd_register_kprobe", "uffd_register_kretprobe"),
 ];
 
 pub const FN_HOOKS: &[FnHook] = &[

@@ -67,6 +67,17 @@ fn mixed_workload_is_silent_and_every_available_hook_fires() {
             fired.push(func);
         }
     }
+    // The modifiers whose change the mix makes (MADV_HUGEPAGE, UFFDIO_REGISTER), by site.
+    for (func, site) in [
+        ("madvise_update_vma:return", "madvise_update_vma"),
+        ("userfaultfd_register_range:return", "userfaultfd_register_range"),
+    ] {
+        if hooked(func) {
+            let seen = evs.iter().any(|e| e["kind"] == "vma_modified" && e["site"] == site);
+            assert!(seen, "{func} is hooked but no vma_modified event came from {site}");
+            fired.push(func);
+        }
+    }
     if hooked("lock_vma_under_rcu") {
         assert!(summary_number(&stderr, "per-VMA read locks", "taken") > 0, "{stderr}");
         fired.push("lock_vma_under_rcu");

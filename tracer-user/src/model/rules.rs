@@ -109,7 +109,8 @@ pub static RULES: &[Rule] = &[
         title: "vm_flags, vm_page_prot, vm_policy, vm_userfaultfd_ctx change only under the VMA write lock",
         explanation: "Page faults under per-VMA locks read these fields without mmap_lock, so a \
             change must write-lock the VMA first (vm_flags_set/clear/mod/reset do). Checked when \
-            mprotect_fixup, mlock_fixup and mbind_range return (the VMA they changed must still \
+            mprotect_fixup, mlock_fixup, mbind_range, madvise_update_vma and \
+            userfaultfd_register_range return (the VMA they changed must still \
             be write-locked: that lasts until mmap_write_unlock), and kernel-wide by snapshot: \
             a field changed while vm_lock_seq did not move was changed without the VMA write \
             lock.",
@@ -119,9 +120,22 @@ pub static RULES: &[Rule] = &[
         fix: "Change flags with the vm_flags_* helpers under mmap_write_lock (they \
             vma_start_write first) instead of writing the field directly; vm_flags_init is only \
             for VMAs not yet in the tree.",
-        needs: &["fexit:mprotect_fixup", "fexit:mlock_fixup", "fexit:mbind_range", "iter:task_vma"],
+        needs: &[
+            "fexit:mprotect_fixup",
+            "fexit:mlock_fixup",
+            "fexit:mbind_range",
+            "fexit:madvise_update_vma",
+            "fexit:userfaultfd_register_range",
+            "iter:task_vma",
+        ],
         implemented: true,
-        live_hooks: &["mprotect_fixup:return", "mlock_fixup:return", "mbind_range:return"],
+        live_hooks: &[
+            "mprotect_fixup:return",
+            "mlock_fixup:return",
+            "mbind_range:return",
+            "madvise_update_vma:return",
+            "userfaultfd_register_range:return",
+        ],
         by_snapshot: true,
         layout: layout::VMA_SEQ,
     },

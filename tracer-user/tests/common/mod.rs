@@ -139,6 +139,7 @@ pub const OUR_PROGRAMS: &[&str] = &[
     "handle_mm_fault", "down_read_trylo", "down_write_tryl", "mprotect_fixup_",
     "mlock_fixup_fen", "mlock_fixup_fex", "mlock_fixup_kpr", "mlock_fixup_kre",
     "mbind_range_fen", "mbind_range_fex", "mbind_range_kpr", "mbind_range_kre",
+    "madvise_update_", "uffd_register_f", "uffd_register_k",
 ];
 
 pub fn assert_none_of_ours_loaded() {
