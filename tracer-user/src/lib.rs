@@ -17,3 +17,5 @@ pub mod live;
 pub mod pipeline;
 pub mod report;
 pub mod replay;
+pub mod export;
+pub mod outfile;

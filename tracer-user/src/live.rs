@@ -4,7 +4,6 @@
 use std::{
     fs::File,
     io::{BufWriter, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     time::Duration,
 };
@@ -95,15 +94,9 @@ fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
 }
 
 /// Opens `-o FILE` before anything is attached: a bad path fails fast, not after a long run.
-/// 0600: a trace names tasks and kernel pointers.
+/// 0600 and handed to the sudo user: a trace names tasks and kernel pointers.
 fn create_output(path: &PathBuf) -> Result<BufWriter<File>> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create trace file {}", path.display()))?;
+    let f = crate::outfile::create_private(path).context("cannot create the trace file")?;
     Ok(BufWriter::with_capacity(1 << 16, f))
 }
 
