@@ -19,3 +19,5 @@ pub mod report;
 pub mod replay;
 pub mod export;
 pub mod outfile;
+pub mod observe;
+pub mod tui;

@@ -17,8 +17,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Trace live and print each violation as it happens (the default).
+    /// Trace live and print each violation as it happens, then a summary (the default when
+    /// standard output is not a terminal: piped, CI).
     Run(TraceArgs),
+    /// The live dashboard (the default when standard output is a terminal): violations by rule
+    /// and site, details, tasks and their locks, rates, rules; `?` lists the keys.
+    Watch {
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// Show a recorded trace instead of tracing live.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "command", "duration", "output"])]
+        replay: Option<PathBuf>,
+    },
     /// Trace live and write every event to a trace file (-o is required).
     Record(TraceArgs),
     /// Replay a trace file through the rules; exits 1 when it has violations, 2 when it is unreadable.
@@ -99,8 +109,10 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => watch(cli.trace, None),
         None => trace(cli.trace, false),
         Some(Cmd::Run(a)) => trace(a, false),
+        Some(Cmd::Watch { trace, replay }) => watch(trace, replay),
         Some(Cmd::Record(a)) => {
             if a.output.is_none() {
                 anyhow::bail!("record needs -o FILE");
@@ -121,32 +133,54 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
+fn watch(a: TraceArgs, replay: Option<PathBuf>) -> Result<ExitCode> {
+    let source = match replay {
+        Some(f) => vmalock::tui::Source::Replay(f),
+        None => vmalock::tui::Source::Live(run_options(&a, false)?),
+    };
+    vmalock::tui::watch(source)?;
+    if let Some((format, trace)) = a.export.zip(a.output) {
+        also_export(&trace, format)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--export FORMAT` with `-o FILE`: FILE exported next to it, pointers scrubbed.
+fn also_export(trace: &std::path::Path, format: export::Format) -> Result<ExitCode> {
+    let out = trace.with_extension(match format {
+        export::Format::Chrome => "chrome.json",
+        export::Format::Jsonl => "scrubbed.jsonl",
+    });
+    export_file(trace, format, Some(&out), false)
+}
+
+fn run_options(a: &TraceArgs, record: bool) -> Result<live::RunOptions> {
     if !(a.ring_kib >= 4 && a.ring_kib.is_power_of_two()) {
         anyhow::bail!("--ring-kib {} must be a power of two of at least 4 (the ring is whole pages)", a.ring_kib);
     }
-    let also_export = a.export.zip(a.output.clone());
-    let opts = live::RunOptions {
+    Ok(live::RunOptions {
         pid: a.pid,
         command: a.command.as_deref().map(child::split_command),
         duration: a.duration.map(Duration::from_secs_f64),
-        output: a.output,
+        output: a.output.clone(),
         ring_bytes: a.ring_kib * 1024,
         all_events: a.all_events || record,
         force_tracepoint: a.tracepoints,
         snapshot_ms: a.snapshot_ms,
         argv: std::env::args().collect(),
-    };
+        observer: None,
+    })
+}
+
+fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
+    let export_after = a.export.zip(a.output.clone());
+    let opts = run_options(&a, record)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let summary = rt.block_on(live::run(opts))?;
     let _ = std::io::stdout().flush();
     eprintln!("{summary}");
-    if let Some((format, trace)) = also_export {
-        let out = trace.with_extension(match format {
-            export::Format::Chrome => "chrome.json",
-            export::Format::Jsonl => "scrubbed.jsonl",
-        });
-        export_file(&trace, format, Some(&out), false)?;
+    if let Some((format, trace)) = export_after {
+        also_export(&trace, format)?;
     }
     Ok(ExitCode::SUCCESS)
 }
