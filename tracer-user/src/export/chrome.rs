@@ -40,7 +40,13 @@ pub struct ChromeWriter<W: Write> {
     named: HashSet<(u32, u32)>,
     open: HashMap<u32, (u32, Vec<Open>)>,
     flows: u64,
+    /// The last `Event::loss_epoch`: a change means events were lost somewhere.
+    loss_epoch: u32,
 }
+
+/// Open slices per thread at most. Deeper means releases are missing from the trace (they were
+/// not sent, or lost): the thread's slices are closed rather than piled up.
+const MAX_DEPTH: usize = 16;
 
 impl<W: Write> ChromeWriter<W> {
     pub fn new(mut out: W, header: &Header, ptrs: Pseudonyms) -> io::Result<Self> {
@@ -54,6 +60,7 @@ impl<W: Write> ChromeWriter<W> {
             named: HashSet::new(),
             open: HashMap::new(),
             flows: 0,
+            loss_epoch: 0,
         })
     }
 
@@ -107,6 +114,29 @@ impl<W: Write> ChromeWriter<W> {
         Ok(())
     }
 
+    /// Closes every open slice of `tid` at `ns`.
+    fn end_all(&mut self, tid: u32, ns: u64, why: &str) -> io::Result<()> {
+        // Innermost first, so nothing is reopened.
+        while let Some(top) = self.open.get(&tid).and_then(|(_, s)| s.len().checked_sub(1)) {
+            self.end(tid, top, ns, Some(why))?;
+        }
+        self.open.remove(&tid);
+        Ok(())
+    }
+
+    /// After a loss nobody knows what is held: every thread's slices end there, as the model
+    /// forgets its state there.
+    fn lost(&mut self, ev: &Event) -> io::Result<()> {
+        let mut tids: Vec<u32> = self.open.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            self.end_all(tid, ev.ts_ns, "events were lost here: state unknown")?;
+        }
+        let ts = self.ts(ev.ts_ns);
+        self.emit(json!({"ph": "i", "s": "g", "cat": "loss", "name": "events lost (ring buffer full)",
+            "ts": ts, "pid": ev.tgid, "tid": ev.tid, "args": {"lost_on_this_cpu": ev.lost_before}}))
+    }
+
     fn find(&self, tid: u32, mm: u64, wait: bool) -> Option<usize> {
         self.open.get(&tid)?.1.iter().rposition(|o| o.mm == mm && o.wait == wait)
     }
@@ -123,6 +153,13 @@ impl<W: Write> ChromeWriter<W> {
             return Ok(());
         }
         self.name_task(ev)?;
+        if ev.lost_before > 0 || ev.loss_epoch != self.loss_epoch {
+            self.loss_epoch = ev.loss_epoch;
+            self.lost(ev)?;
+        }
+        if self.open.get(&ev.tid).is_some_and(|(_, s)| s.len() >= MAX_DEPTH) {
+            self.end_all(ev.tid, ev.ts_ns, "too deep: releases are missing from the trace")?;
+        }
         let mode = |write: bool| if write { "write" } else { "read" };
         match &ev.what {
             What::MmapLockStart { mm, write, .. } => {
@@ -145,13 +182,15 @@ impl<W: Write> ChromeWriter<W> {
                 None => self.instant(ev, "mmap_lock", "release of a hold taken before tracing".into()),
             },
             What::TaskExit => {
-                while self.open.get(&ev.tid).is_some_and(|(_, s)| !s.is_empty()) {
-                    self.end(ev.tid, 0, ev.ts_ns, Some("task exited"))?;
-                }
-                self.open.remove(&ev.tid);
+                self.end_all(ev.tid, ev.ts_ns, "task exited")?;
                 self.instant(ev, "task", "exit".into())
             }
             What::Missed { count, .. } => {
+                let mut tids: Vec<u32> = self.open.keys().copied().collect();
+                tids.sort_unstable();
+                for tid in tids {
+                    self.end_all(tid, ev.ts_ns, "hook hits were skipped here: state unknown")?;
+                }
                 let ts = self.ts(ev.ts_ns);
                 self.emit(json!({"ph": "i", "s": "g", "cat": "loss", "name": format!("{count} hook hits skipped by the kernel"),
                     "ts": ts, "pid": ev.tgid, "tid": ev.tid}))
@@ -195,9 +234,7 @@ impl<W: Write> ChromeWriter<W> {
         let mut tids: Vec<u32> = self.open.keys().copied().collect();
         tids.sort_unstable();
         for tid in tids {
-            while self.open.get(&tid).is_some_and(|(_, s)| !s.is_empty()) {
-                self.end(tid, 0, end, Some("still held when the recording stopped"))?;
-            }
+            self.end_all(tid, end, "still held when the recording stopped")?;
         }
         let other = json!({
             "tool": format!("vmalock {}", header.tool_version),

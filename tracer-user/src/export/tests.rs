@@ -153,3 +153,27 @@ fn not_a_trace_is_a_clear_error() {
     let err = export(&b"hello\n"[..], Vec::new(), Format::Chrome, false).unwrap_err();
     assert!(format!("{err:#}").contains("line 1"), "{err:#}");
 }
+
+/// A trace whose releases are missing (filtered or lost) must neither pile slices up nor make
+/// reopen ever more of them at each close: depth stays bounded and a loss closes everything.
+#[test]
+fn missing_releases_and_losses_keep_slices_bounded() {
+    let mut t = String::from(FIXTURE.lines().next().unwrap());
+    t.push('\n');
+    for i in 0..5_000u64 {
+        let lost = if i == 4_000 { r#","lost_before":7,"loss_epoch":7"# } else if i > 4_000 { r#","loss_epoch":7"# } else { "" };
+        t += &format!(
+            r#"{{"type":"event","ts_ns":{},"cpu":0,"tid":9,"tgid":9,"comm":"w"{lost},"kind":"mmap_lock_acquired","mm":"0xffff888000001000","write":false,"success":true}}"#,
+            1_000_000_000 + i * 100
+        );
+        t.push('\n');
+    }
+    let mut out = Vec::new();
+    export(t.as_bytes(), &mut out, Format::Chrome, false).unwrap();
+    let trace: Value = serde_json::from_slice(&out).unwrap();
+    validate_chrome(&trace);
+    let events = trace["traceEvents"].as_array().unwrap();
+    // Each acquire opens one slice; closing never reopens more than MAX_DEPTH.
+    assert!(events.len() < 5_000 * 3, "{} events", events.len());
+    assert!(events.iter().any(|e| e["cat"] == "loss"));
+}

@@ -25,7 +25,7 @@ pub fn render(f: &mut Frame, area: Rect, app: &App) {
         Row::new(vec![Cell::from(*id), Cell::from(status.clone()).style(Style::default().fg(color)), Cell::from(n.to_string()), Cell::from(*title)])
     });
     let hooks = d.started.as_ref().map_or(String::new(), |s| format!(" Rules on {} ({}) ", s.kernel_release, s.hooks));
-    let table = Table::new(rows, [Constraint::Length(30), Constraint::Length(34), Constraint::Length(6), Constraint::Fill(1)])
+    let table = Table::new(rows, [Constraint::Length(28), Constraint::Fill(3), Constraint::Length(6), Constraint::Fill(2)])
         .header(Row::new(["rule", "on this kernel", "seen", "what it requires"]).style(Style::default().add_modifier(Modifier::BOLD)))
         .block(Block::bordered().title(hooks))
         .row_highlight_style(selected_style());
