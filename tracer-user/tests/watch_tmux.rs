@@ -30,6 +30,13 @@ fn keys(session: &str, k: &str) {
     tmux(&["send-keys", "-t", session, k]);
 }
 
+/// One traced dashboard at a time: each test checks that no program of ours is left loaded.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Ends the session even when an assertion fails half-way.
 struct Session(String);
 
@@ -41,14 +48,10 @@ impl Drop for Session {
 
 #[test]
 fn watch_shows_panes_takes_keys_and_detaches_on_q() {
-    let test = "watch_tmux::watch_shows_panes_takes_keys_and_detaches_on_q";
-    if !common::can_trace(test) {
+    if !can_run("watch_tmux::watch_shows_panes_takes_keys_and_detaches_on_q") {
         return;
     }
-    if Command::new("tmux").arg("-V").output().map_or(true, |o| !o.status.success()) {
-        common::skip(test, "tmux is not installed (cargo xtask setup installs it as root)");
-        return;
-    }
+    let _g = serial();
     let session = format!("vmalock-watch-{}", std::process::id());
     let _guard = Session(session.clone());
     let cmd = format!(
@@ -85,5 +88,47 @@ fn watch_shows_panes_takes_keys_and_detaches_on_q() {
     let end = wait_for(&session, "vmalock to detach and exit", 120, |s| s.contains("VMALOCK-EXIT="));
     assert!(end.contains("vmalock: stopped: quit from the dashboard"), "{end}");
     assert!(end.contains("VMALOCK-EXIT=0"), "{end}");
+    assert_eq!(tmux(&["display", "-p", "-t", &session, "#{alternate_on}"]).trim(), "0", "left the alternate screen");
+    common::assert_none_of_ours_loaded();
+}
+
+/// Skips (loudly) unless this test can trace and tmux is here.
+fn can_run(test: &str) -> bool {
+    if !common::can_trace(test) {
+        return false;
+    }
+    if Command::new("tmux").arg("-V").output().map_or(true, |o| !o.status.success()) {
+        common::skip(test, "tmux is not installed (cargo xtask setup installs it as root)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn sigterm_restores_the_terminal_and_detaches() {
+    if !can_run("watch_tmux::sigterm_restores_the_terminal_and_detaches") {
+        return;
+    }
+    let _g = serial();
+    let session = format!("vmalock-term-{}", std::process::id());
+    let _guard = Session(session.clone());
+    let cmd = format!(
+        "{} watch -c '{} --threads 1 --iters 100000000'; echo VMALOCK-EXIT=$?; sleep 600",
+        common::vmalock(),
+        common::workload()
+    );
+    tmux(&["new-session", "-d", "-s", &session, "-x", "120", "-y", "32", &cmd]);
+    wait_for(&session, "the dashboard to start tracing", 120, |s| s.contains("command (pid"));
+    assert_eq!(tmux(&["display", "-p", "-t", &session, "#{alternate_on}"]).trim(), "1", "the dashboard uses the alternate screen");
+    // The pane runs a shell whose child is vmalock.
+    let shell = tmux(&["display", "-p", "-t", &session, "#{pane_pid}"]);
+    let out = Command::new("pgrep").args(["-P", shell.trim(), "-x", "vmalock"]).output().expect("pgrep");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("vmalock's pid");
+    // SAFETY: kill(2) on a pid we just looked up; SIGTERM only asks it to stop.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let end = wait_for(&session, "vmalock to exit after SIGTERM", 120, |s| s.contains("VMALOCK-EXIT="));
+    assert!(end.contains("vmalock: stopped: SIGTERM received"), "{end}");
+    assert!(end.contains("VMALOCK-EXIT=0"), "{end}");
+    assert_eq!(tmux(&["display", "-p", "-t", &session, "#{alternate_on}"]).trim(), "0", "terminal restored");
     common::assert_none_of_ours_loaded();
 }
