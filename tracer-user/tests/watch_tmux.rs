@@ -48,7 +48,7 @@ impl Drop for Session {
 
 #[test]
 fn watch_shows_panes_takes_keys_and_detaches_on_q() {
-    if !can_run("watch_tmux::watch_shows_panes_takes_keys_and_detaches_on_q") {
+    if !can_run("watch_shows_panes_takes_keys_and_detaches_on_q") {
         return;
     }
     let _g = serial();
@@ -106,7 +106,7 @@ fn can_run(test: &str) -> bool {
 
 #[test]
 fn sigterm_restores_the_terminal_and_detaches() {
-    if !can_run("watch_tmux::sigterm_restores_the_terminal_and_detaches") {
+    if !can_run("sigterm_restores_the_terminal_and_detaches") {
         return;
     }
     let _g = serial();
@@ -131,4 +131,31 @@ fn sigterm_restores_the_terminal_and_detaches() {
     assert!(end.contains("VMALOCK-EXIT=0"), "{end}");
     assert_eq!(tmux(&["display", "-p", "-t", &session, "#{alternate_on}"]).trim(), "0", "terminal restored");
     common::assert_none_of_ours_loaded();
+}
+
+/// Without a terminal (piped, CI) plain `vmalock` is the text report; `watch` refuses clearly.
+#[test]
+fn without_a_terminal_the_default_is_the_text_report() {
+    let test = "without_a_terminal_the_default_is_the_text_report";
+    if !common::can_trace(test) {
+        return;
+    }
+    let _g = serial();
+    let out = Command::new(common::vmalock())
+        .args(["-c", &format!("{} --threads 1 --iters 2000", common::workload())])
+        .output()
+        .expect("running vmalock");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("vmalock: stopped: command exited"), "{err}");
+    assert!(err.contains("rules checked live: mmap-lock-balance"), "{err}");
+    // Violations, if any, are whole VIOLATION lines on stdout; nothing else goes there.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().all(|l| l.starts_with("VIOLATION ")), "{stdout}");
+    common::assert_none_of_ours_loaded();
+
+    let out = Command::new(common::vmalock()).args(["watch", "-d", "1"]).output().expect("running vmalock watch");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("watch needs a terminal") && err.contains("vmalock run"), "{err}");
 }
