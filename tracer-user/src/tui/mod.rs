@@ -112,7 +112,8 @@ fn run_screen(app: &mut App, rx: &Receiver<Update>) -> Result<()> {
     loop {
         // Everything ingest sent since the last frame; the channel is bounded, so this ends.
         while let Ok(u) = rx.try_recv() {
-            let signalled = matches!(&u, Update::Ended(why) if why.starts_with("SIGTERM") || why.starts_with("SIGINT"));
+            // Signals end the dashboard; so does a run that failed (its error is printed after).
+            let signalled = matches!(&u, Update::Ended(why) if why.starts_with("SIGTERM") || why.starts_with("SIGINT") || why.starts_with("error:"));
             app.update(u);
             if signalled {
                 return Ok(());
