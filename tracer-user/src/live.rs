@@ -238,7 +238,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
                 let missed = tracer.missed()?;
                 pipe.pump(ring.get_mut(), missed, &symbolize)?;
             }
-            _ = state_tick.tick() => {
+            _ = state_tick.tick(), if pipe.observer.wants_ticks() => {
                 let c = tracer.counters()?;
                 let (held, waiting) = Tick::locks_of(&pipe.model);
                 let tick = Tick {

@@ -70,6 +70,11 @@ pub trait Observer: Send {
     fn event(&mut self, _: &Event) {}
     fn verdict(&mut self, v: &Verdict);
     fn tick(&mut self, _: &Tick) {}
+    /// Whether to build ticks at all (they read kernel counters and walk the model's tasks:
+    /// the text report does without).
+    fn wants_ticks(&self) -> bool {
+        false
+    }
     /// Polled at every drain: the user asked the run to end (the dashboard's `q`).
     fn stop_requested(&self) -> bool {
         false

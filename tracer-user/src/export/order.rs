@@ -97,6 +97,13 @@ impl OrderEdges for NestedHolds {
     }
 }
 
+/// No edges: for exports that should not draw any.
+pub struct NoEdges;
+
+impl OrderEdges for NoEdges {
+    fn observe(&mut self, _: &Event, _: &mut Vec<OrderEdge>) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,11 +141,4 @@ mod tests {
         assert_eq!(n.held[&7].len(), 1);
         assert!(out.is_empty());
     }
-}
-
-/// No edges: for exports that should not draw any.
-pub struct NoEdges;
-
-impl OrderEdges for NoEdges {
-    fn observe(&mut self, _: &Event, _: &mut Vec<OrderEdge>) {}
 }

@@ -110,6 +110,10 @@ impl Observer for Feed {
     fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    fn wants_ticks(&self) -> bool {
+        true
+    }
 }
 
 /// Replays a trace into updates, one tick per `tick_ns` of trace time (and one at the end), as
