@@ -17,3 +17,7 @@ pub mod live;
 pub mod pipeline;
 pub mod report;
 pub mod replay;
+pub mod export;
+pub mod outfile;
+pub mod observe;
+pub mod tui;

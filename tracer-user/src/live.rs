@@ -4,7 +4,6 @@
 use std::{
     fs::File,
     io::{BufWriter, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     time::Duration,
 };
@@ -19,6 +18,8 @@ use crate::{
     child::{self, HeldChild},
     event::kind_name,
     loader::{self, Options, Tracer},
+    model::RULES,
+    observe::{Observer, PrintVerdicts, Started, TICK, Tick},
     pipeline::Pipeline,
     report::Summary,
     trace::{Filter, Footer, Header, TraceWriter},
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub snapshot_ms: u64,
     /// The vmalock command line, for the trace header.
     pub argv: Vec<String>,
+    /// Where verdicts and state go: `PrintVerdicts` (the text report) unless given.
+    pub observer: Option<Box<dyn Observer>>,
 }
 
 /// Kinds the default rules need: mmap-lock-balance judges acquires, releases and exits; the
@@ -74,6 +77,8 @@ enum Stop {
     Duration,
     ChildExited(String),
     PidExited,
+    /// The dashboard's `q`.
+    Quit,
 }
 
 impl Stop {
@@ -83,6 +88,7 @@ impl Stop {
             Stop::Duration => "duration elapsed".into(),
             Stop::ChildExited(s) => format!("command {s}"),
             Stop::PidExited => "traced process exited".into(),
+            Stop::Quit => "quit from the dashboard".into(),
         }
     }
 }
@@ -95,25 +101,19 @@ fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
 }
 
 /// Opens `-o FILE` before anything is attached: a bad path fails fast, not after a long run.
-/// 0600: a trace names tasks and kernel pointers.
-fn create_output(path: &PathBuf) -> Result<BufWriter<File>> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create trace file {}", path.display()))?;
+/// 0600 and handed to the sudo user: a trace names tasks and kernel pointers.
+fn create_output(path: &std::path::Path) -> Result<BufWriter<File>> {
+    let f = crate::outfile::create_private(path).context("cannot create the trace file")?;
     Ok(BufWriter::with_capacity(1 << 16, f))
 }
 
-pub async fn run(opts: RunOptions) -> Result<Summary> {
+pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     loader::preflight()?;
     if let Some(pid) = opts.pid
         && !child::process_alive(pid) {
             anyhow::bail!("-p {pid}: no such process");
         }
-    let out = opts.output.as_ref().map(create_output).transpose()?;
+    let out = opts.output.as_deref().map(create_output).transpose()?;
     let kbtf = KernelBtf::open()?;
     let mut tracer = Tracer::load(
         &Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint, snapshot_ms: opts.snapshot_ms },
@@ -158,12 +158,22 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     if tracer.attached.snapshot.starts_with("iter/") {
         families.insert("iter");
     }
-    eprintln!(
-        "vmalock: tracing {target} ({} hooks via {}; VMA snapshots: {}); Ctrl-C to stop",
+    let hooks_line = format!(
+        "{} hooks via {}; VMA snapshots: {}",
         tracer.attached.hooks.len() + fn_hooks.len(),
         families.into_iter().collect::<Vec<_>>().join("+"),
         tracer.attached.snapshot
     );
+    let mut observer = opts.observer.take().unwrap_or_else(|| Box::new(PrintVerdicts));
+    let avail = tracer.attached.availability();
+    observer.started(&Started {
+        target: target.clone(),
+        kernel_release: capability::kernel_release(),
+        hooks: hooks_line.clone(),
+        ring_bytes: opts.ring_bytes.into(),
+        rules: RULES.iter().map(|r| (r.id, r.title, r.status(&avail).to_string())).collect(),
+    });
+    eprintln!("vmalock: tracing {target} ({hooks_line}); Ctrl-C to stop");
 
     let header = Header {
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -208,7 +218,11 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         }
     };
 
-    let mut pipe = Pipeline::new(writer);
+    let mut pipe = Pipeline::new(writer, observer);
+    let mut state_tick = tokio::time::interval(TICK);
+    state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A record is RawEvent plus the ring's 8-byte header, rounded to 8.
+    let record_bytes = (std::mem::size_of::<tracer_common::RawEvent>() + 8).next_multiple_of(8);
     let stop = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -218,8 +232,27 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
+                if pipe.observer.stop_requested() {
+                    break Stop::Quit;
+                }
                 let missed = tracer.missed()?;
                 pipe.pump(ring.get_mut(), missed, &symbolize)?;
+            }
+            _ = state_tick.tick(), if pipe.observer.wants_ticks() => {
+                let c = tracer.counters()?;
+                let (held, waiting) = Tick::locks_of(&pipe.model);
+                let tick = Tick {
+                    ts_ns: loader::monotonic_ns(),
+                    seen: c.seen.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (kind_name(k as u16), *n)).collect(),
+                    events_received: pipe.events,
+                    lost: c.lost(),
+                    missed: c.missed,
+                    ring_fill: (std::mem::take(&mut pipe.peak_drain) * record_bytes) as f64 / f64::from(opts.ring_bytes),
+                    verdicts: pipe.verdicts,
+                    held,
+                    waiting,
+                };
+                pipe.observer.tick(&tick);
             }
             _ = snapshot_tick.tick(), if opts.snapshot_ms > 0 => {
                 tracer.snapshot()?;

@@ -4,7 +4,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use vmalock::{capability, child, live, replay};
+use vmalock::{capability, child, export, live, replay};
 
 #[derive(Parser)]
 #[command(name = "vmalock", version, about = "Checks the Linux kernel's mm locking rules live, with eBPF")]
@@ -17,8 +17,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Trace live and print each violation as it happens (the default).
+    /// Trace live and print each violation as it happens, then a summary (the default when
+    /// standard output is not a terminal: piped, CI).
     Run(TraceArgs),
+    /// The live dashboard (the default when standard output is a terminal): violations by rule
+    /// and site, details, tasks and their locks, rates, rules; `?` lists the keys.
+    Watch {
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// Show a recorded trace instead of tracing live.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "command", "duration", "output"])]
+        replay: Option<PathBuf>,
+    },
     /// Trace live and write every event to a trace file (-o is required).
     Record(TraceArgs),
     /// Replay a trace file through the rules; exits 1 when it has violations, 2 when it is unreadable.
@@ -27,6 +37,20 @@ enum Cmd {
         /// Also print each verdict's explanation.
         #[arg(long)]
         explain: bool,
+    },
+    /// Convert a trace file for other tools: Chrome Trace Event JSON for ui.perfetto.dev and
+    /// chrome://tracing, or the trace itself (JSON Lines); kernel pointers become per-trace
+    /// pseudonyms unless --raw-pointers.
+    Export {
+        file: PathBuf,
+        #[arg(long, short = 'f', value_enum, default_value = "chrome")]
+        format: export::Format,
+        /// Output file (created 0600, owned by the sudo user under sudo); standard output if absent.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Keep kernel addresses (they reveal the KASLR layout: only for traces you keep).
+        #[arg(long)]
+        raw_pointers: bool,
     },
     /// Show which hook families, kernel layouts and rules this kernel supports.
     Probe {
@@ -51,6 +75,10 @@ struct TraceArgs {
     /// Write a trace file (JSON Lines) that `vmalock check` can replay.
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
+    /// With -o: when the run ends, also export the trace in this format next to it
+    /// (FILE with its extension replaced by .chrome.json), pointers scrubbed.
+    #[arg(long = "export", value_enum, requires = "output")]
+    export: Option<export::Format>,
     /// Ring-buffer size in KiB (a power of two, at least 4).
     #[arg(long = "ring-kib", default_value_t = 4096)]
     ring_kib: u32,
@@ -81,8 +109,10 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => watch(cli.trace, None),
         None => trace(cli.trace, false),
         Some(Cmd::Run(a)) => trace(a, false),
+        Some(Cmd::Watch { trace, replay }) => watch(trace, replay),
         Some(Cmd::Record(a)) => {
             if a.output.is_none() {
                 anyhow::bail!("record needs -o FILE");
@@ -90,6 +120,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             trace(a, true)
         }
         Some(Cmd::Check { file, explain }) => check(&file, explain),
+        Some(Cmd::Export { file, format, output, raw_pointers }) => export_file(&file, format, output.as_deref(), raw_pointers),
         Some(Cmd::Probe { json }) => {
             let caps = capability::probe()?;
             if json {
@@ -102,25 +133,80 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
+fn watch(a: TraceArgs, replay: Option<PathBuf>) -> Result<ExitCode> {
+    let source = match replay {
+        Some(f) => vmalock::tui::Source::Replay(f),
+        None => vmalock::tui::Source::Live(run_options(&a, false)?),
+    };
+    vmalock::tui::watch(source)?;
+    if let Some((format, trace)) = a.export.zip(a.output) {
+        also_export(&trace, format)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--export FORMAT` with `-o FILE`: FILE exported next to it, pointers scrubbed.
+fn also_export(trace: &std::path::Path, format: export::Format) -> Result<ExitCode> {
+    let out = trace.with_extension(match format {
+        export::Format::Chrome => "chrome.json",
+        export::Format::Jsonl => "scrubbed.jsonl",
+    });
+    export_file(trace, format, Some(&out), false)
+}
+
+fn run_options(a: &TraceArgs, record: bool) -> Result<live::RunOptions> {
     if !(a.ring_kib >= 4 && a.ring_kib.is_power_of_two()) {
         anyhow::bail!("--ring-kib {} must be a power of two of at least 4 (the ring is whole pages)", a.ring_kib);
     }
-    let opts = live::RunOptions {
+    Ok(live::RunOptions {
         pid: a.pid,
         command: a.command.as_deref().map(child::split_command),
         duration: a.duration.map(Duration::from_secs_f64),
-        output: a.output,
+        output: a.output.clone(),
         ring_bytes: a.ring_kib * 1024,
         all_events: a.all_events || record,
         force_tracepoint: a.tracepoints,
         snapshot_ms: a.snapshot_ms,
         argv: std::env::args().collect(),
-    };
+        observer: None,
+    })
+}
+
+fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
+    let export_after = a.export.zip(a.output.clone());
+    let opts = run_options(&a, record)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let summary = rt.block_on(live::run(opts))?;
     let _ = std::io::stdout().flush();
     eprintln!("{summary}");
+    if let Some((format, trace)) = export_after {
+        also_export(&trace, format)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_file(file: &std::path::Path, format: export::Format, output: Option<&std::path::Path>, raw: bool) -> Result<ExitCode> {
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let input = std::io::BufReader::with_capacity(1 << 16, f);
+    let done = match output {
+        Some(o) => {
+            let out = std::io::BufWriter::new(vmalock::outfile::create_private(o)?);
+            export::export(input, out, format, raw)
+        }
+        None => export::export(input, std::io::stdout().lock(), format, raw),
+    }
+    .with_context(|| format!("exporting {}", file.display()))?;
+    for w in &done.warnings {
+        eprintln!("vmalock: warning: {}: {w}", file.display());
+    }
+    eprintln!(
+        "vmalock: exported {} events{} from {} to {}{}",
+        done.events,
+        if format == export::Format::Chrome { format!(" and {} violation(s)", done.violations) } else { String::new() },
+        file.display(),
+        output.map_or("standard output".into(), |o| o.display().to_string()),
+        if format == export::Format::Chrome { " (open it in ui.perfetto.dev or chrome://tracing)" } else { "" },
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,7 @@
 //! of pump k-1, so a marker placed before the batch drained at pump k-1 precedes every event
 //! that could come after the miss.
 
-use std::{fs::File, io::BufWriter, io::Write as _};
+use std::{fs::File, io::BufWriter};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -17,6 +17,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     event::Event,
     model::{Model, Verdict},
+    observe::Observer,
     trace::TraceWriter,
 };
 
@@ -33,13 +34,17 @@ pub struct Pipeline {
     pub decode_errors: u64,
     /// Stack ids whose frames are already in the stream.
     stacks_sent: std::collections::HashSet<u32>,
+    /// Where verdicts go as they are found.
+    pub observer: Box<dyn Observer>,
+    /// Most records one drain found since this was last taken (ring buffer fill).
+    pub peak_drain: usize,
 }
 
 /// Symbolized frames of a kernel stack id (innermost first).
 pub type Symbolize<'a> = &'a dyn Fn(u32) -> Vec<String>;
 
 impl Pipeline {
-    pub fn new(writer: Option<TraceWriter<BufWriter<File>>>) -> Self {
+    pub fn new(writer: Option<TraceWriter<BufWriter<File>>>, observer: Box<dyn Observer>) -> Self {
         Pipeline {
             model: Model::new(),
             writer,
@@ -50,6 +55,8 @@ impl Pipeline {
             events: 0,
             decode_errors: 0,
             stacks_sent: Default::default(),
+            observer,
+            peak_drain: 0,
         }
     }
 
@@ -74,6 +81,7 @@ impl Pipeline {
                 }
             }
         }
+        self.peak_drain = self.peak_drain.max(fresh.len());
         log::debug!(
             "pump: missed {missed_now} (marked {}), drained {} events ts {:?}..{:?}, applying {} held",
             self.missed_marked,
@@ -109,10 +117,10 @@ impl Pipeline {
         if let Some(w) = self.writer.as_mut() {
             w.event(ev).context("writing the trace file")?;
         }
-        let mut stdout = std::io::stdout().lock();
+        self.observer.event(ev);
         for v in self.found.drain(..) {
             self.verdicts += 1;
-            let _ = writeln!(stdout, "{v}");
+            self.observer.verdict(&v);
         }
         Ok(())
     }

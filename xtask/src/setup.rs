@@ -17,7 +17,29 @@ pub fn ensure_all() -> Result<()> {
     ensure_nightly()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_tmux();
     Ok(())
+}
+
+/// tmux runs the dashboard's end-to-end test (a real terminal to drive `vmalock watch` in).
+/// Best effort: without it that one test reports itself skipped.
+fn ensure_tmux() {
+    if cmd::output(Command::new("tmux").arg("-V")).is_some() {
+        println!("setup: tmux: present");
+        return;
+    }
+    if !cmd::is_root() {
+        println!("setup: tmux: missing (the dashboard's tmux test will be skipped; run as root to install it)");
+        return;
+    }
+    println!("setup: installing tmux");
+    let install = || cmd::run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends", "tmux"]).env("DEBIAN_FRONTEND", "noninteractive"));
+    if install().is_err() && cmd::run(Command::new("apt-get").arg("update")).is_ok() && install().is_ok() {
+        return;
+    }
+    if cmd::output(Command::new("tmux").arg("-V")).is_none() {
+        println!("setup: tmux: could not be installed (the dashboard's tmux test will be skipped)");
+    }
 }
 
 fn rustup() -> Command {

@@ -35,7 +35,7 @@ impl Mode {
         if write { Mode::Write } else { Mode::Read }
     }
 
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Read => "read",
             Mode::Write => "write",

@@ -76,6 +76,11 @@ impl Verdict {
         }
     }
 
+    /// The proving events, one line each (as in [`Verdict::explain`]).
+    pub fn event_lines(&self) -> Vec<String> {
+        self.events.iter().map(|e| EventLine(e).to_string()).collect()
+    }
+
     /// A multi-line explanation for humans: the verdict line, the rule, and the proof.
     pub fn explain(&self) -> String {
         let mut s = format!("{self}\n");
