@@ -304,6 +304,18 @@ pub struct Layout {
     pub vp_adj_next: u32,
     pub vp_remove: u32,
     pub vp_remove2: u32,
+    /// The rwsems lock-order watches, reached from a VMA: `vm_area_struct.vm_file`,
+    /// `file.f_mapping`, `address_space.i_mmap_rwsem`, `file.f_inode`, `inode.i_rwsem`.
+    pub vma_file: u32,
+    pub file_mapping: u32,
+    pub mapping_i_mmap_rwsem: u32,
+    pub file_inode: u32,
+    pub inode_i_rwsem: u32,
+    /// `vm_area_struct.anon_vma`, `anon_vma.root`, `anon_vma.rwsem` (anon_vma_lock_write locks
+    /// the root's).
+    pub vma_anon_vma: u32,
+    pub anon_vma_root: u32,
+    pub anon_vma_rwsem: u32,
 }
 
 /// Bits in `Layout::known`.
@@ -323,6 +335,10 @@ pub mod layout {
     /// mm_walk_ops has walk_lock (6.5+).
     pub const WALK: u32 = 1 << 10;
     pub const VMA_PREPARE: u32 = 1 << 11;
+    /// vm_file → f_mapping → i_mmap_rwsem, f_inode → i_rwsem.
+    pub const LOCK_FILE: u32 = 1 << 12;
+    /// anon_vma → root → rwsem.
+    pub const LOCK_ANON: u32 = 1 << 13;
 }
 
 #[cfg(feature = "user")]

@@ -58,6 +58,8 @@ pub fn default_send_mask() -> u32 {
         kind::VMA_PREPARE,
         kind::VMA_NEW,
         kind::VMA_SNAPSHOT,
+        kind::LOCK_ACQUIRE,
+        kind::LOCK_RELEASE,
     ]
     .into_iter()
     .map(kind_bit)
