@@ -17,3 +17,4 @@ pub mod live;
 pub mod pipeline;
 pub mod report;
 pub mod replay;
+pub mod graph;

@@ -27,6 +27,9 @@ enum Cmd {
         /// Also print each verdict's explanation.
         #[arg(long)]
         explain: bool,
+        /// Write the lock-order graph: FILE.json (JSON) or FILE.dot (Graphviz).
+        #[arg(long = "graph", value_name = "FILE")]
+        graph: Option<PathBuf>,
     },
     /// Show which hook families, kernel layouts and rules this kernel supports.
     Probe {
@@ -65,6 +68,9 @@ struct TraceArgs {
     /// and VMAs inserted unlocked, on any kernel with BPF iterators.
     #[arg(long = "snapshot-ms", default_value_t = 1000)]
     snapshot_ms: u64,
+    /// At the end, write the lock-order graph: FILE.json (JSON) or FILE.dot (Graphviz).
+    #[arg(long = "graph", value_name = "FILE")]
+    graph: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -89,7 +95,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             trace(a, true)
         }
-        Some(Cmd::Check { file, explain }) => check(&file, explain),
+        Some(Cmd::Check { file, explain, graph }) => check(&file, explain, graph.as_deref()),
         Some(Cmd::Probe { json }) => {
             let caps = capability::probe()?;
             if json {
@@ -106,6 +112,9 @@ fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
     if !(a.ring_kib >= 4 && a.ring_kib.is_power_of_two()) {
         anyhow::bail!("--ring-kib {} must be a power of two of at least 4 (the ring is whole pages)", a.ring_kib);
     }
+    if let Some(g) = &a.graph {
+        vmalock::graph::check_path(g)?;
+    }
     let opts = live::RunOptions {
         pid: a.pid,
         command: a.command.as_deref().map(child::split_command),
@@ -115,6 +124,7 @@ fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
         all_events: a.all_events || record,
         force_tracepoint: a.tracepoints,
         snapshot_ms: a.snapshot_ms,
+        graph: a.graph,
         argv: std::env::args().collect(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -124,7 +134,10 @@ fn trace(a: TraceArgs, record: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(file: &PathBuf, explain: bool) -> Result<ExitCode> {
+fn check(file: &PathBuf, explain: bool, graph: Option<&std::path::Path>) -> Result<ExitCode> {
+    if let Some(g) = graph {
+        vmalock::graph::check_path(g)?;
+    }
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut stdout = std::io::stdout().lock();
     let r = replay::replay(std::io::BufReader::with_capacity(1 << 16, f), |v| {
@@ -132,11 +145,15 @@ fn check(file: &PathBuf, explain: bool) -> Result<ExitCode> {
         if explain {
             let _ = writeln!(stdout, "{}", v.explain());
         } else {
-            let _ = writeln!(stdout, "{v}");
+            let _ = write!(stdout, "{}", v.report());
         }
     })
     .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     drop(stdout);
+    if let Some(g) = graph {
+        vmalock::graph::write(g, &r.graph)?;
+        eprintln!("vmalock: lock-order graph ({} edges, {} cycles) written to {}", r.graph.edges.len(), r.graph.cycles.len(), g.display());
+    }
     for w in &r.warnings {
         eprintln!("vmalock: warning: {}: {w}", file.display());
     }

@@ -112,7 +112,7 @@ impl Pipeline {
         let mut stdout = std::io::stdout().lock();
         for v in self.found.drain(..) {
             self.verdicts += 1;
-            let _ = writeln!(stdout, "{v}");
+            let _ = write!(stdout, "{}", v.report());
         }
         Ok(())
     }

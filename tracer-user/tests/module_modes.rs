@@ -65,7 +65,8 @@ fn run_mode(mode: &str) -> Outcome {
         .find(|e: &&&Value| e["kind"] == "mmap_lock_acquired" && e["write"] == true && e["tgid"].as_u64() == Some(pid))
         .map(|e| e["mm"].as_str().unwrap().to_string());
     let check = run(&["check", trace.to_str().unwrap()]);
-    let verdicts: Vec<String> = String::from_utf8_lossy(&check.stdout).lines().map(str::to_string).collect();
+    // lock-order verdicts are followed by their indented dependency chain.
+    let verdicts: Vec<String> = String::from_utf8_lossy(&check.stdout).lines().filter(|l| l.starts_with("VIOLATION ")).map(str::to_string).collect();
     assert_eq!(check.status.code(), Some(if verdicts.is_empty() { 0 } else { 1 }));
     let explained = String::from_utf8_lossy(&run(&["check", "--explain", trace.to_str().unwrap()]).stdout).into_owned();
     Outcome { verdicts, explained, pid, mm }

@@ -81,6 +81,12 @@ impl Verdict {
         }
     }
 
+    /// What `run` and `check` print for a verdict: its line, and for a lock-order verdict the
+    /// dependency chain with symbolized stacks (lockdep's report), indented under it.
+    pub fn report(&self) -> String {
+        if self.chain.is_empty() { format!("{self}\n") } else { format!("{self}\n{}", self.lockdep_report()) }
+    }
+
     /// A multi-line explanation for humans: the verdict line, the rule, and the proof.
     pub fn explain(&self) -> String {
         let mut s = format!("{self}\n");
@@ -108,7 +114,7 @@ impl Verdict {
 
     /// The chain, the way lockdep prints "possible circular locking dependency detected":
     /// each dependency with the task that created it and the stacks of both acquisitions.
-    fn lockdep_report(&self) -> String {
+    pub fn lockdep_report(&self) -> String {
         let mut s = String::from("  the existing dependency chain (in order of the cycle):\n");
         if self.chain.len() == 1 {
             s = String::from("  the dependency that contradicts the documented order:\n");
