@@ -199,6 +199,8 @@ pub(crate) struct LockOrder {
     pub(crate) too_deep: u64,
     cycles: Vec<Cycle>,
     reported: HashSet<Vec<Key>>,
+    /// The last `Event::loss_epoch` seen: a change means events were lost, releases among them.
+    loss_epoch: u32,
 }
 
 impl LockOrder {
@@ -209,6 +211,11 @@ impl LockOrder {
     }
 
     pub(crate) fn apply(&mut self, ev: &Event, out: &mut Vec<Verdict>) {
+        if ev.loss_epoch != self.loss_epoch || ev.lost_before > 0 {
+            // A lost release would leave a lock held forever and invent edges from it.
+            self.loss_epoch = ev.loss_epoch;
+            self.forget();
+        }
         let tid = ev.tid;
         match &ev.what {
             What::MmapLockStart { mm, write, vma_read } => {
@@ -258,9 +265,10 @@ impl LockOrder {
         self.tasks.get(&tid)?.iter().rev().find(|h| h.key.class == class && h.addr == addr).map(|h| h.take)
     }
 
+    /// One deeper than the deepest lock of `class` held (another lock of it), 0 if none: a
+    /// nested lock never shares a key with one held, whatever was released in between.
     fn subclass(held: &[Held], class: LockClass, addr: u64) -> u8 {
-        let n = held.iter().filter(|h| h.key.class == class && h.addr != addr).count();
-        n.min(MAX_SUBCLASS as usize) as u8
+        held.iter().filter(|h| h.key.class == class && h.addr != addr).map(|h| h.key.sub + 1).max().unwrap_or(0).min(MAX_SUBCLASS)
     }
 
     /// Records the dependencies of taking (`class`, `addr`) as `take` on everything the task
@@ -289,8 +297,9 @@ impl LockOrder {
         }
         let mut seen = HashSet::new();
         for x in held.iter().rev() {
-            if !seen.insert(x.key) {
-                continue; // an older lock of the same key adds nothing new
+            if x.key == key || !seen.insert(x.key) {
+                // Past the deepest subclass, or an older lock of the same key: nothing new.
+                continue;
             }
             self.add_edge(x, key, take, ev, out);
         }
@@ -761,6 +770,41 @@ mod tests {
         assert_eq!(g.cycles.len(), 1);
         assert_eq!(g.cycles[0].reported_as, NO_MMAP_UNDER_VMA_READ);
         assert!(g.to_dot().contains("\"vma_lock\" -> \"mmap_lock\" [label=\"SN t3\", color=red, style=bold]"), "{}", g.to_dot());
+    }
+
+    #[test]
+    fn releasing_an_outer_lock_of_a_class_never_makes_a_self_edge() {
+        use LockClass::*;
+        let (a, b, c) = (ANON, ANON + 0x100, ANON + 0x200);
+        let mut r = Run::new();
+        // Hold a (anon_vma) and b (anon_vma/1), drop a, take c: c nests under b as anon_vma/2.
+        r.lock(1, AnonVma, a, true).lock(1, AnonVma, b, true).unlock(1, AnonVma, a, true).lock(1, AnonVma, c, true);
+        let g = r.model.lock_order.graph();
+        assert!(g.edges.iter().all(|e| e.from != e.to), "{:#?}", g.edges);
+        assert!(g.edges.iter().any(|e| e.from == "anon_vma/1" && e.to == "anon_vma/2"));
+        assert!(r.lock_order().is_empty(), "{:#?}", r.out);
+        // Deeper than lockdep's 8 subclasses: the last one is shared, without a self-edge.
+        let mut r = Run::new();
+        for i in 0..12 {
+            r.lock(2, AnonVma, ANON + 0x100 * i, true);
+        }
+        let g = r.model.lock_order.graph();
+        assert!(g.edges.iter().all(|e| e.from != e.to));
+        assert!(g.nodes.contains(&"anon_vma/7".to_string()));
+        assert!(r.lock_order().is_empty());
+    }
+
+    #[test]
+    fn a_loss_forgets_held_locks() {
+        use LockClass::*;
+        let mut r = Run::new();
+        r.lock(1, AnonVma, ANON, true);
+        // Events were lost (its release among them, perhaps): the hold is forgotten.
+        r.ts += 1;
+        let ev = Event { ts_ns: r.ts, cpu: 0, tid: 1, tgid: 1, comm: "t1".into(), task_new: true, lost_before: 2, loss_epoch: 1, stack: None, what: What::LockAcquire { class: IMmapRwsem, lock: MAPPING, write: true, trylock: false, success: true, vma_read: None } };
+        r.model.apply(&ev, &mut r.out);
+        assert!(r.model.lock_order.graph().edges.is_empty());
+        assert!(r.lock_order().is_empty());
     }
 
     #[test]
