@@ -291,6 +291,7 @@
 #include <linux/version.h>
 #include <linux/debugfs.h>
 #include <linux/fs.h>
+#include <linux/file.h>
 #include <linux/mm.h>
 #include <linux/mm_types.h>
 #include <linux/mmap_lock.h>
