@@ -5,8 +5,8 @@
 //! Changing a layout means bumping [`WIRE_VERSION`].
 #![no_std]
 
-/// Bumped whenever a struct below changes layout.
-pub const WIRE_VERSION: u32 = 2;
+/// Bumped whenever a struct below changes layout or kinds are added (3: LOCK_ACQUIRE/RELEASE).
+pub const WIRE_VERSION: u32 = 3;
 
 /// Event kinds (`RawEvent::kind`).
 pub mod kind {
@@ -45,8 +45,28 @@ pub mod kind {
     /// VMA it was handed: `vma`, `args[0]`/`args[1]` = vm_flags before/after, `args[2]` =
     /// [`super::site`] | [`super::snap`] change bits << 16; facts read at the return.
     pub const VMA_MODIFIED: u16 = 12;
+    /// A watched rwsem (an address in the `LOCK_CLASS` map: i_mmap_rwsem, anon_vma's root
+    /// rwsem) was taken: exit of down_read/down_write and their _killable/_trylock variants.
+    /// `args[0]` = the rwsem, `args[1]` = [`super::lock_class`]; flags WRITE, SUCCESS; fact
+    /// TRYLOCK for the _trylock variants; `vma` + fact TASK_VMA_READ when the task holds a
+    /// per-VMA read lock.
+    pub const LOCK_ACQUIRE: u16 = 13;
+    /// A watched rwsem was released (up_read/up_write entry): `args[0]`, `args[1]` as above.
+    pub const LOCK_RELEASE: u16 = 14;
     /// One past the largest kind; sizes the per-kind counters.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 15;
+}
+
+/// Lock classes of [`kind::LOCK_ACQUIRE`] / [`kind::LOCK_RELEASE`] (`args[1]`), learned in the
+/// kernel from the objects the VMA probes see. mmap_lock and the VMA lock come from their own
+/// events.
+pub mod lock_class {
+    /// `vma->vm_file->f_mapping->i_mmap_rwsem`.
+    pub const I_MMAP_RWSEM: u64 = 1;
+    /// `vma->anon_vma->root->rwsem`.
+    pub const ANON_VMA: u64 = 2;
+    /// `vma->vm_file->f_inode->i_rwsem`.
+    pub const I_RWSEM: u64 = 3;
 }
 
 /// Which function a page walk or new-VMA event came from (`RawEvent::args[1]` of PAGEWALK,
@@ -287,6 +307,18 @@ pub struct Layout {
     pub vp_adj_next: u32,
     pub vp_remove: u32,
     pub vp_remove2: u32,
+    /// The rwsems lock-order watches, reached from a VMA: `vm_area_struct.vm_file`,
+    /// `file.f_mapping`, `address_space.i_mmap_rwsem`, `file.f_inode`, `inode.i_rwsem`.
+    pub vma_file: u32,
+    pub file_mapping: u32,
+    pub mapping_i_mmap_rwsem: u32,
+    pub file_inode: u32,
+    pub inode_i_rwsem: u32,
+    /// `vm_area_struct.anon_vma`, `anon_vma.root`, `anon_vma.rwsem` (anon_vma_lock_write locks
+    /// the root's).
+    pub vma_anon_vma: u32,
+    pub anon_vma_root: u32,
+    pub anon_vma_rwsem: u32,
 }
 
 /// Bits in `Layout::known`.
@@ -306,6 +338,10 @@ pub mod layout {
     /// mm_walk_ops has walk_lock (6.5+).
     pub const WALK: u32 = 1 << 10;
     pub const VMA_PREPARE: u32 = 1 << 11;
+    /// vm_file → f_mapping → i_mmap_rwsem, f_inode → i_rwsem.
+    pub const LOCK_FILE: u32 = 1 << 12;
+    /// anon_vma → root → rwsem.
+    pub const LOCK_ANON: u32 = 1 << 13;
 }
 
 #[cfg(feature = "user")]

@@ -36,6 +36,14 @@ pub static LAYOUT: Global<Layout> = Global::new(Layout {
     vp_adj_next: 0,
     vp_remove: 0,
     vp_remove2: 0,
+    vma_file: 0,
+    file_mapping: 0,
+    mapping_i_mmap_rwsem: 0,
+    file_inode: 0,
+    inode_i_rwsem: 0,
+    vma_anon_vma: 0,
+    anon_vma_root: 0,
+    anon_vma_rwsem: 0,
 });
 
 /// `include/linux/rwsem.h` / kernel/locking/rwsem.c: bit 0 of `count` is RWSEM_WRITER_LOCKED;

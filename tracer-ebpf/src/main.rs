@@ -8,6 +8,7 @@
 
 mod emit;
 mod kernel;
+mod locks;
 mod mmap_lock;
 mod probes;
 mod snapshot;

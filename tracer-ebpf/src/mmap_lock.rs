@@ -50,6 +50,11 @@ fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, fl
             let body = Body { mm, vma, facts, stack_id: stack_id(ctx), ..Default::default() };
             emit_body(ctx, kind, flags, &body);
         }
+        // Under a watched rwsem (lock-order): the stack of the mmap_lock side of the edge.
+        None if crate::locks::holds_watched() => {
+            let body = Body { mm, stack_id: stack_id(ctx), ..Default::default() };
+            emit_body(ctx, kind, flags, &body);
+        }
         None => emit(ctx, kind, mm, flags),
     }
 }

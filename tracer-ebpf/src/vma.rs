@@ -18,6 +18,7 @@ use tracer_common::{counter, kind, layout, prepare_role, site};
 use crate::{
     emit::{Body, count, emit_body, stack_id, traced},
     kernel::{layout, mmap_facts, read, vma_facts, vma_mm},
+    locks::{learn, on_trylock_entry},
 };
 
 /// The per-VMA read lock each traced task holds now: tid → vma (lock_vma_under_rcu returned
@@ -116,6 +117,7 @@ fn on_vma_start_write<C: Args>(ctx: &C) {
     }
     let l = layout();
     let vma = ctx.arg_u64(0);
+    learn(vma);
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     let body = Body { mm, vma, args: [0, 0, 0], facts, stack_id: stack_id(ctx) };
@@ -229,6 +231,8 @@ fn on_vma_prepare<C: Args>(ctx: &C) {
     }
     let vp = ctx.arg_u64(0);
     let vma = read::<u64>(vp, l.vp_vma).unwrap_or(0);
+    // vma_prepare takes this VMA's i_mmap_rwsem and anon_vma lock next.
+    learn(vma);
     let mm = vma_mm(&l, vma);
     let mut unlocked = 0u64;
     let mut first = 0u64;
@@ -275,6 +279,7 @@ fn on_new_vma<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, site: u64) {
     if !traced() || !valid_ptr(vma) {
         return;
     }
+    learn(vma);
     let l = layout();
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
@@ -314,6 +319,7 @@ fn on_vma_read_locked(vma: u64) {
         return;
     }
     count(counter::VMA_READ_TAKEN);
+    learn(vma);
     // A hold this task still had was released unseen: it cannot hold two at once here.
     drop_hold(tid());
     let _ = TASK_VMA_READ.insert(&tid(), &vma, 0);
@@ -413,6 +419,7 @@ pub fn handle_mm_fault_kretprobe(_ctx: RetProbeContext) -> u32 {
 /// per-VMA read lock (one map lookup for everyone else).
 #[inline(always)]
 fn on_trylock<C: Args>(ctx: &C) {
+    on_trylock_entry(ctx.arg_u64(0));
     let t = tid();
     if unsafe { TASK_VMA_READ.get(&t) }.is_some() {
         let _ = TASK_TRYLOCK.insert(&t, &ctx.arg_u64(0), 0);
@@ -462,6 +469,7 @@ pub fn held_vma_read() -> Option<(u64, bool)> {
 /// A task that exits forgets its entry (an exit we missed is aged out by the LRU).
 #[inline(always)]
 pub fn forget_task() {
+    crate::locks::forget_task_locks();
     drop_hold(tid());
     let _ = TASK_TRYLOCK.remove(&tid());
 }
@@ -508,6 +516,7 @@ fn on_modify_entry<C: Args, const VMA: usize, const SITE: u64>(ctx: &C) {
         return;
     }
     let vma = ctx.arg_u64(VMA);
+    learn(vma);
     let _ = MODIFYING.insert(&modify_key(SITE), &protected(vma), 0);
 }
 

@@ -13,7 +13,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::{btf::KernelBtf, hooks::HookState, loader::{self, EBPF_OBJECT}, model::RULES, tpformat};
+use crate::{btf::KernelBtf, hooks::HookState, loader::{self, EBPF_OBJECT}, model::{RULES, lock_order_classes}, tpformat};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Family {
@@ -43,6 +43,8 @@ pub struct Capabilities {
     pub layout_missing: Vec<(String, String)>,
     /// rule id → how it can be checked here.
     pub rules: BTreeMap<String, String>,
+    /// lock class → how lock-order sees it here ("unavailable: …" when it does not).
+    pub lock_order_classes: BTreeMap<String, String>,
 }
 
 impl Capabilities {
@@ -231,6 +233,7 @@ pub fn probe() -> Result<Capabilities> {
         snapshot: attached.snapshot,
         layout_missing: attached.layout_missing,
         rules: RULES.iter().map(|r| (r.id.to_string(), r.status(&availability).to_string())).collect(),
+        lock_order_classes: lock_order_classes(&availability).into_iter().map(|(c, how)| (c.to_string(), how)).collect(),
     })
 }
 
@@ -292,6 +295,10 @@ pub fn render(caps: &Capabilities) -> String {
     out += "\nrules:\n";
     for (r, s) in &caps.rules {
         out += &format!("  {r:<28} {s}\n");
+    }
+    out += "\nlock-order classes:\n";
+    for (c, how) in &caps.lock_order_classes {
+        out += &format!("  {c:<28} {how}\n");
     }
     out
 }

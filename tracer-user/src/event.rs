@@ -4,7 +4,7 @@
 //! and replays handle exactly the same values.
 
 use serde::{Deserialize, Serialize};
-use tracer_common::{RawEvent, fact, flag, kind, site, snap};
+use tracer_common::{RawEvent, fact, flag, kind, lock_class, site, snap};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -124,6 +124,55 @@ impl WalkLock {
 
     pub fn name(self) -> &'static str {
         Self::KERNEL_ENUM[self as usize].0
+    }
+}
+
+/// The lock classes the lock-order rule orders, as lockdep names them (mmap_lock and the VMA
+/// lock come from their own events; the others from `LockAcquire`/`LockRelease`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockClass {
+    IRwsem,
+    MmapLock,
+    VmaLock,
+    IMmapRwsem,
+    AnonVma,
+}
+
+impl LockClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            LockClass::IRwsem => "i_rwsem",
+            LockClass::MmapLock => "mmap_lock",
+            LockClass::VmaLock => "vma_lock",
+            LockClass::IMmapRwsem => "i_mmap_rwsem",
+            LockClass::AnonVma => "anon_vma",
+        }
+    }
+
+    /// The name mm/rmap.c's "Lock ordering in mm" gives it.
+    pub fn documented_name(self) -> &'static str {
+        match self {
+            LockClass::IRwsem => "inode->i_rwsem",
+            LockClass::MmapLock => "mm->mmap_lock",
+            LockClass::VmaLock => "vma_start_write",
+            LockClass::IMmapRwsem => "mapping->i_mmap_rwsem",
+            LockClass::AnonVma => "anon_vma->rwsem",
+        }
+    }
+
+    /// Position in mm/rmap.c's order: a lower rank is taken first.
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+
+    fn from_wire(c: u64) -> Option<LockClass> {
+        Some(match c {
+            lock_class::I_MMAP_RWSEM => LockClass::IMmapRwsem,
+            lock_class::ANON_VMA => LockClass::AnonVma,
+            lock_class::I_RWSEM => LockClass::IRwsem,
+            _ => return None,
+        })
     }
 }
 
@@ -279,6 +328,27 @@ pub enum What {
         flags_after: u64,
         facts: Facts,
     },
+    /// A watched rwsem of `class` was taken (the lock function returned; `success` false for a
+    /// failed trylock or interrupted killable wait). `vma_read`: the per-VMA read lock the task
+    /// holds meanwhile.
+    LockAcquire {
+        class: LockClass,
+        #[serde(with = "hex")]
+        lock: u64,
+        write: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        trylock: bool,
+        success: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
+        vma_read: Option<u64>,
+    },
+    /// A watched rwsem of `class` is released.
+    LockRelease {
+        class: LockClass,
+        #[serde(with = "hex")]
+        lock: u64,
+        write: bool,
+    },
     /// Not a kernel event: the frames of kernel stack `id`, symbolized when it was first seen.
     Stack { id: u32, frames: Vec<String> },
     /// Not a kernel event: the kernel skipped `count` hook hits (BPF recursion protection, when
@@ -362,6 +432,7 @@ pub mod hex {
 pub enum DecodeError {
     Short(usize),
     UnknownKind(u16),
+    UnknownClass(u64),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -374,6 +445,10 @@ impl std::fmt::Display for DecodeError {
                 std::mem::size_of::<RawEvent>()
             ),
             DecodeError::UnknownKind(k) => write!(f, "ring-buffer record has unknown kind {k}"),
+            DecodeError::UnknownClass(c) => write!(
+                f,
+                "ring-buffer lock event has unknown lock class {c}: the eBPF object and this binary were built from different sources"
+            ),
         }
     }
 }
@@ -469,6 +544,22 @@ impl Event {
                 flags_changed: raw.args[2],
                 facts,
             },
+            kind::LOCK_ACQUIRE | kind::LOCK_RELEASE => {
+                let class = LockClass::from_wire(raw.args[1]).ok_or(DecodeError::UnknownClass(raw.args[1]))?;
+                let lock = raw.args[0];
+                if raw.kind == kind::LOCK_RELEASE {
+                    What::LockRelease { class, lock, write }
+                } else {
+                    What::LockAcquire {
+                        class,
+                        lock,
+                        write,
+                        trylock: facts.has(fact::TRYLOCK),
+                        success: raw.flags & flag::SUCCESS != 0,
+                        vma_read,
+                    }
+                }
+            }
             k => return Err(DecodeError::UnknownKind(k)),
         };
         let comm_len = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
@@ -502,6 +593,8 @@ impl Event {
             What::VmaNew { .. } => kind::VMA_NEW,
             What::VmaSnapshot { .. } => kind::VMA_SNAPSHOT,
             What::VmaModified { .. } => kind::VMA_MODIFIED,
+            What::LockAcquire { .. } => kind::LOCK_ACQUIRE,
+            What::LockRelease { .. } => kind::LOCK_RELEASE,
         }
     }
 }
@@ -525,6 +618,8 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::VMA_NEW => "vma_new",
         kind::VMA_SNAPSHOT => "vma_snapshot",
         kind::VMA_MODIFIED => "vma_modified",
+        kind::LOCK_ACQUIRE => "lock_acquire",
+        kind::LOCK_RELEASE => "lock_release",
         _ => "unknown",
     }
 }
@@ -549,6 +644,27 @@ mod tests {
         assert_eq!(Event::from_raw(&raw(kind::TASK_EXIT, 0)).unwrap().what, What::TaskExit);
         assert_eq!(Event::from_raw(&raw(99, 0)), Err(DecodeError::UnknownKind(99)));
         assert_eq!(Event::decode(&[0u8; 10]), Err(DecodeError::Short(10)));
+    }
+
+    #[test]
+    fn decodes_lock_events_and_refuses_unknown_classes() {
+        let mut r = raw(kind::LOCK_ACQUIRE, flag::WRITE | flag::SUCCESS);
+        r.args = [0xffff_8880_1111_0040, lock_class::I_MMAP_RWSEM, 0];
+        r.facts = fact::TRYLOCK | fact::TASK_VMA_READ;
+        r.vma = 0xffff_8880_0bad_0000;
+        let e = Event::from_raw(&r).unwrap();
+        assert_eq!(
+            e.what,
+            What::LockAcquire { class: LockClass::IMmapRwsem, lock: 0xffff_8880_1111_0040, write: true, trylock: true, success: true, vma_read: Some(0xffff_8880_0bad_0000) }
+        );
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.contains(r#""kind":"lock_acquire","class":"i_mmap_rwsem","lock":"0xffff888011110040""#), "{line}");
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+        let mut r = raw(kind::LOCK_RELEASE, 0);
+        r.args = [0x1000, lock_class::ANON_VMA, 0];
+        assert_eq!(Event::from_raw(&r).unwrap().what, What::LockRelease { class: LockClass::AnonVma, lock: 0x1000, write: false });
+        r.args[1] = 77;
+        assert_eq!(Event::from_raw(&r), Err(DecodeError::UnknownClass(77)));
     }
 
     #[test]

@@ -135,6 +135,25 @@ pub fn resolve(k: &KernelBtf) -> Resolved {
         });
     note(&mut missing, "struct vma_prepare (6.3+)", r);
 
+    // lock-order: the rwsems reached from a VMA.
+    let r = group(k, [
+        ("vm_area_struct", &["vm_file"][..]),
+        ("file", &["f_mapping"]),
+        ("address_space", &["i_mmap_rwsem"]),
+        ("file", &["f_inode"]),
+        ("inode", &["i_rwsem"]),
+    ])
+    .map(|[f, m, im, i, ir]| {
+        (l.vma_file, l.file_mapping, l.mapping_i_mmap_rwsem, l.file_inode, l.inode_i_rwsem) = (f, m, im, i, ir);
+        l.known |= layout::LOCK_FILE;
+    });
+    note(&mut missing, "file locks for lock-order (vm_file, f_mapping, i_mmap_rwsem, f_inode, i_rwsem)", r);
+    let r = group(k, [("vm_area_struct", &["anon_vma"][..]), ("anon_vma", &["root"]), ("anon_vma", &["rwsem"])]).map(|[a, r, s]| {
+        (l.vma_anon_vma, l.anon_vma_root, l.anon_vma_rwsem) = (a, r, s);
+        l.known |= layout::LOCK_ANON;
+    });
+    note(&mut missing, "anon_vma lock for lock-order (anon_vma, root, rwsem)", r);
+
     Resolved { layout: l, missing }
 }
 
@@ -151,7 +170,7 @@ mod tests {
         let r = resolve(&k);
         // Every group this machine's 6.18 has (see shared notes on its BTF); a group missing here
         // is a resolution bug, not a kernel difference.
-        for bit in [layout::TASK, layout::MMAP_RWSEM, layout::VMA_BASICS, layout::VMA_SEQ, layout::MM_SEQCOUNT, layout::VMA_REFCNT, layout::WALK] {
+        for bit in [layout::TASK, layout::MMAP_RWSEM, layout::VMA_BASICS, layout::VMA_SEQ, layout::MM_SEQCOUNT, layout::VMA_REFCNT, layout::WALK, layout::LOCK_FILE, layout::LOCK_ANON] {
             assert!(r.layout.known & bit != 0, "layout bit {bit:#x} unresolved: {:?}", r.missing);
         }
         assert_eq!(r.layout.vma_start, 0, "vm_start is the first member of vm_area_struct");

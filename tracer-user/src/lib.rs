@@ -21,3 +21,4 @@ pub mod export;
 pub mod outfile;
 pub mod observe;
 pub mod tui;
+pub mod graph;

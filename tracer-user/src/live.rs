@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub force_tracepoint: bool,
     /// VMA snapshot period (iter/task_vma); 0 = off.
     pub snapshot_ms: u64,
+    /// `--graph FILE`: write the lock-order graph at the end (.json or .dot).
+    pub graph: Option<PathBuf>,
     /// The vmalock command line, for the trace header.
     pub argv: Vec<String>,
     /// Where verdicts and state go: `PrintVerdicts` (the text report) unless given.
@@ -61,6 +63,8 @@ pub fn default_send_mask() -> u32 {
         kind::VMA_PREPARE,
         kind::VMA_NEW,
         kind::VMA_SNAPSHOT,
+        kind::LOCK_ACQUIRE,
+        kind::LOCK_RELEASE,
     ]
     .into_iter()
     .map(kind_bit)
@@ -297,6 +301,11 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         };
         let mut inner = w.finish(footer).context("writing the trace footer")?;
         inner.flush().context("flushing the trace file")?;
+    }
+    if let Some(g) = &opts.graph {
+        let graph = pipe.model.lock_graph();
+        crate::graph::write(g, &graph)?;
+        eprintln!("vmalock: lock-order graph ({} edges, {} cycles) written to {}", graph.edges.len(), graph.cycles.len(), g.display());
     }
     // Dropping the tracer detaches every link and unloads every program and map.
     let attached = tracer.attached.clone();

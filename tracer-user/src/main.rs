@@ -37,6 +37,9 @@ enum Cmd {
         /// Also print each verdict's explanation.
         #[arg(long)]
         explain: bool,
+        /// Write the lock-order graph: FILE.json (JSON) or FILE.dot (Graphviz).
+        #[arg(long = "graph", value_name = "FILE")]
+        graph: Option<PathBuf>,
     },
     /// Convert a trace file for other tools: Chrome Trace Event JSON for ui.perfetto.dev and
     /// chrome://tracing, or the trace itself (JSON Lines); kernel pointers become per-trace
@@ -93,6 +96,9 @@ struct TraceArgs {
     /// and VMAs inserted unlocked, on any kernel with BPF iterators.
     #[arg(long = "snapshot-ms", default_value_t = 1000)]
     snapshot_ms: u64,
+    /// At the end, write the lock-order graph: FILE.json (JSON) or FILE.dot (Graphviz).
+    #[arg(long = "graph", value_name = "FILE")]
+    graph: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -119,7 +125,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             trace(a, true)
         }
-        Some(Cmd::Check { file, explain }) => check(&file, explain),
+        Some(Cmd::Check { file, explain, graph }) => check(&file, explain, graph.as_deref()),
         Some(Cmd::Export { file, format, output, raw_pointers }) => export_file(&file, format, output.as_deref(), raw_pointers),
         Some(Cmd::Probe { json }) => {
             let caps = capability::probe()?;
@@ -158,6 +164,9 @@ fn run_options(a: &TraceArgs, record: bool) -> Result<live::RunOptions> {
     if !(a.ring_kib >= 4 && a.ring_kib.is_power_of_two()) {
         anyhow::bail!("--ring-kib {} must be a power of two of at least 4 (the ring is whole pages)", a.ring_kib);
     }
+    if let Some(g) = &a.graph {
+        vmalock::graph::check_path(g)?;
+    }
     Ok(live::RunOptions {
         pid: a.pid,
         command: a.command.as_deref().map(child::split_command),
@@ -167,6 +176,7 @@ fn run_options(a: &TraceArgs, record: bool) -> Result<live::RunOptions> {
         all_events: a.all_events || record,
         force_tracepoint: a.tracepoints,
         snapshot_ms: a.snapshot_ms,
+        graph: a.graph.clone(),
         argv: std::env::args().collect(),
         observer: None,
     })
@@ -210,7 +220,10 @@ fn export_file(file: &std::path::Path, format: export::Format, output: Option<&s
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(file: &PathBuf, explain: bool) -> Result<ExitCode> {
+fn check(file: &PathBuf, explain: bool, graph: Option<&std::path::Path>) -> Result<ExitCode> {
+    if let Some(g) = graph {
+        vmalock::graph::check_path(g)?;
+    }
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut stdout = std::io::stdout().lock();
     let r = replay::replay(std::io::BufReader::with_capacity(1 << 16, f), |v| {
@@ -218,11 +231,15 @@ fn check(file: &PathBuf, explain: bool) -> Result<ExitCode> {
         if explain {
             let _ = writeln!(stdout, "{}", v.explain());
         } else {
-            let _ = writeln!(stdout, "{v}");
+            let _ = write!(stdout, "{}", v.report());
         }
     })
     .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     drop(stdout);
+    if let Some(g) = graph {
+        vmalock::graph::write(g, &r.graph)?;
+        eprintln!("vmalock: lock-order graph ({} edges, {} cycles) written to {}", r.graph.edges.len(), r.graph.cycles.len(), g.display());
+    }
     for w in &r.warnings {
         eprintln!("vmalock: warning: {}: {w}", file.display());
     }

@@ -88,7 +88,8 @@ pub struct PrintVerdicts;
 impl Observer for PrintVerdicts {
     fn verdict(&mut self, v: &Verdict) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{v}");
+        // The verdict line, and a lock-order verdict's chain under it (lockdep's report).
+        let _ = write!(out, "{}", v.report());
         // Piped output is block-buffered: a reader (CI log, `| grep`) sees each line now.
         let _ = out.flush();
     }

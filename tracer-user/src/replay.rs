@@ -4,7 +4,7 @@
 use std::io::BufRead;
 
 use crate::{
-    model::{Model, Stats, Verdict},
+    model::{Graph, Model, Stats, Verdict},
     trace::{Footer, Header, TraceError, TraceReader},
 };
 
@@ -15,6 +15,8 @@ pub struct Replay {
     pub verdicts: u64,
     pub events: u64,
     pub stats: Stats,
+    /// The lock-order graph the trace built.
+    pub graph: Graph,
 }
 
 /// Streams `input` through the model, handing each verdict to `on_verdict` as it is found
@@ -41,5 +43,6 @@ pub fn replay<R: BufRead>(input: R, mut on_verdict: impl FnMut(&Verdict)) -> Res
         verdicts,
         events,
         stats: model.stats().clone(),
+        graph: model.lock_graph(),
     })
 }

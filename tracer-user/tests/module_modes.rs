@@ -65,7 +65,8 @@ fn run_mode(mode: &str) -> Outcome {
         .find(|e: &&&Value| e["kind"] == "mmap_lock_acquired" && e["write"] == true && e["tgid"].as_u64() == Some(pid))
         .map(|e| e["mm"].as_str().unwrap().to_string());
     let check = run(&["check", trace.to_str().unwrap()]);
-    let verdicts: Vec<String> = String::from_utf8_lossy(&check.stdout).lines().map(str::to_string).collect();
+    // lock-order verdicts are followed by their indented dependency chain.
+    let verdicts: Vec<String> = String::from_utf8_lossy(&check.stdout).lines().filter(|l| l.starts_with("VIOLATION ")).map(str::to_string).collect();
     assert_eq!(check.status.code(), Some(if verdicts.is_empty() { 0 } else { 1 }));
     let explained = String::from_utf8_lossy(&run(&["check", "--explain", trace.to_str().unwrap()]).stdout).into_owned();
     Outcome { verdicts, explained, pid, mm }
@@ -123,7 +124,7 @@ const NOT_OBSERVABLE: &[(&str, &str)] = &[(
 
 /// The rules the VMA probes and snapshots check (all but mmap-lock-balance and lock-order).
 fn is_vma_rule(rule: &str) -> bool {
-    rule != "legal" && rule != "mmap-lock-balance" && vmalock::model::rule(rule).is_some_and(|r| r.implemented)
+    rule != "legal" && rule != "mmap-lock-balance" && rule != "lock-order" && vmalock::model::rule(rule).is_some_and(|r| r.implemented)
 }
 
 #[test]
@@ -174,7 +175,9 @@ fn modes_of_rules_not_implemented_yet_run_without_false_verdicts() {
     let test = "modes_of_rules_not_implemented_yet_run_without_false_verdicts";
     let Some(modes) = modes(test) else { return };
     let implemented: Vec<&str> = vmalock::model::RULES.iter().filter(|r| r.implemented).map(|r| r.id).collect();
-    let pending: Vec<&(String, String)> = modes.iter().filter(|(_, r)| r != "legal" && !implemented.contains(&r.as_str())).collect();
+    // lock-order modes have their own test (lock_order_modes_...).
+    let pending: Vec<&(String, String)> =
+        modes.iter().filter(|(_, r)| r != "legal" && r != "lock-order" && !implemented.contains(&r.as_str())).collect();
     for (m, _) in &pending {
         // The mode really ran (the trigger exited 0) and breaks nothing the implemented rules see.
         let o = run_mode(m);
@@ -202,4 +205,59 @@ fn modes_vmalock_cannot_observe_are_named_and_skipped() {
     }
     let why: Vec<String> = listed.iter().map(|(m, w)| format!("{m}: {w}")).collect();
     skip(test, &format!("not observable: {}", why.join("; ")));
+}
+
+/// lock-order modes: (mode, what the verdict must say, the lock class it needs observed).
+const LOCK_ORDER_MODES: &[(&str, &str, &str)] = &[
+    ("i_mmap-then-mmap", "VIOLATION lock-order: mmap_lock taken for read while holding i_mmap_rwsem (held for read)", "i_mmap_rwsem"),
+];
+
+/// lock-order modes vmalock cannot observe, and why (each a loud skip).
+const LOCK_ORDER_NOT_OBSERVABLE: &[(&str, &str)] = &[(
+    "mmap-then-i_rwsem",
+    "the lock is the debugfs trigger inode's i_rwsem, and vmalock learns i_rwsem addresses only from the files VMAs map: no VMA of the process maps the trigger file in this mode",
+)];
+
+#[test]
+fn lock_order_modes_are_reported_with_their_classes_and_stacks() {
+    let test = "lock_order_modes_are_reported_with_their_classes_and_stacks";
+    let Some(modes) = modes(test) else { return };
+    let listed: Vec<&String> = modes.iter().filter(|(_, r)| r == "lock-order").map(|(m, _)| m).collect();
+    if listed.is_empty() {
+        skip(test, "this kernel's module lists no lock-order modes");
+        return;
+    }
+    let probe = run(&["probe", "--json"]);
+    let caps: Value = serde_json::from_slice(&probe.stdout).expect("vmalock probe --json");
+    let mut skipped = Vec::new();
+    for m in listed {
+        if let Some((_, why)) = LOCK_ORDER_NOT_OBSERVABLE.iter().find(|(n, _)| n == m) {
+            // It runs, and breaks nothing else.
+            let o = run_mode(m);
+            assert!(o.verdicts.iter().all(|v| v.starts_with("VIOLATION lock-order")), "{m}: {:#?}", o.verdicts);
+            skipped.push(format!("{m}: {why}"));
+            continue;
+        }
+        let (_, expect, class) = LOCK_ORDER_MODES.iter().find(|(n, _, _)| n == m).unwrap_or_else(|| panic!("lock-order mode {m} has no expectation here"));
+        let how = caps["lock_order_classes"][class].as_str().unwrap_or("unavailable");
+        if how.starts_with("unavailable") {
+            let o = run_mode(m);
+            assert!(o.verdicts.iter().all(|v| v.starts_with("VIOLATION lock-order")), "{m}: {:#?}", o.verdicts);
+            skipped.push(format!("{m}: {class} is not observed on this kernel ({how})"));
+            continue;
+        }
+        let o = run_mode(m);
+        assert!(o.verdicts.iter().all(|v| v.starts_with("VIOLATION lock-order: ")), "{m}: only lock-order expected, got {:#?}", o.verdicts);
+        let v = o.verdicts.iter().find(|v| v.starts_with(expect)).unwrap_or_else(|| panic!("{m}: expected {expect:?}, got {:#?}", o.verdicts));
+        assert!(v.contains(&format!("task {}/{} ", o.pid, o.pid)), "{m}: wrong task in {v}");
+        // The explanation shows the edge with both acquisitions' stacks, through the module.
+        let block = o.explained.split("VIOLATION ").find(|b| b.starts_with(&expect["VIOLATION ".len()..])).expect("explained verdict");
+        assert!(block.contains("contradicts: mm/rmap.c"), "{m}:\n{block}");
+        assert!(block.contains("held at:") && block.contains("taken at:"), "{m}:\n{block}");
+        assert!(block.contains("[vmalock_test]"), "{m}: no module frame in\n{block}");
+        eprintln!("{m}: {} verdict(s):\n{}", o.verdicts.len(), o.verdicts.join("\n"));
+    }
+    if !skipped.is_empty() {
+        skip(test, &format!("not observable: {}", skipped.join("; ")));
+    }
 }

@@ -82,6 +82,16 @@ fn mixed_workload_is_silent_and_every_available_hook_fires() {
         assert!(summary_number(&stderr, "per-VMA read locks", "taken") > 0, "{stderr}");
         fired.push("lock_vma_under_rcu");
     }
+    // lock-order's rwsem classes: learned from the workload's file-backed and anonymous VMAs,
+    // and taken by the kernel for it (mmap/munmap of the file, splits, merges, fork), silently.
+    if hooked("down_write") && hooked("up_write") {
+        for class in ["i_mmap_rwsem", "anon_vma"] {
+            let n = evs.iter().filter(|e| e["kind"] == "lock_acquire" && e["class"] == class).count();
+            assert!(n > 0, "down_write is hooked but no {class} acquisition came from the workload");
+            eprintln!("lock-order: {n} {class} acquisitions, no verdict");
+        }
+        fired.push("down_write");
+    }
     eprintln!("hooks that fired: {fired:?}; events: {}", evs.len());
     if fired.is_empty() && !snapshots {
         skip(test, "no VMA rule applies to this kernel (no per-VMA locks): only mmap-lock-balance was checked");

@@ -173,6 +173,19 @@
  *   i_rwsem-then-mmap            legal
  *       inode_lock(trigger inode); mmap_read_lock; unlock both.
  *       (Running both gives the tracer the two edges of a cycle.)
+ *   i_mmap-then-mmap             lock-order
+ *       i_mmap_lock_read(mapping of the first file-backed VMA: the trigger's
+ *       own binary, pinned with get_file); mmap_read_lock(mm); unlock both.
+ *       Inverts the documented order mm->mmap_lock -> mapping->i_mmap_rwsem.
+ *       vmalock learns this mapping's i_mmap_rwsem from the trigger's own
+ *       VMAs (exec, faults), unlike the debugfs inode's i_rwsem above, which
+ *       no VMA of the process points to.  Blocking, but cannot deadlock in a
+ *       test guest: the read hold only blocks an i_mmap writer (mmap/munmap
+ *       of that binary elsewhere), which never waits for this process's
+ *       mmap_lock, and this single-threaded process is inside a syscall, so
+ *       only remote users (khugepaged, /proc readers) take its mmap_lock.
+ *   mmap-then-i_mmap             legal
+ *       mmap_read_lock(mm); i_mmap_lock_read(the same mapping); unlock both.
  *
  * SIDE EFFECTS (test kernels only)
  *   - vma-write-under-mmap-read: vma_start_write() calls
@@ -278,6 +291,7 @@
 #include <linux/version.h>
 #include <linux/debugfs.h>
 #include <linux/fs.h>
+#include <linux/file.h>
 #include <linux/mm.h>
 #include <linux/mm_types.h>
 #include <linux/mmap_lock.h>
@@ -663,6 +677,52 @@ static int vt_i_rwsem_then_mmap(struct vt_file *vf, struct mm_struct *mm)
 	return 0;
 }
 
+/* The first file-backed VMA's file (the trigger's own binary), pinned. */
+static struct file *vt_pick_file(struct mm_struct *mm)
+{
+	struct vm_area_struct *vma;
+	struct file *file = NULL;
+	VMA_ITERATOR(vmi, mm, 0);
+
+	mmap_read_lock(mm);
+	for_each_vma(vmi, vma) {
+		if (vma->vm_file) {
+			file = get_file(vma->vm_file);
+			break;
+		}
+	}
+	mmap_read_unlock(mm);
+	return file;
+}
+
+static int vt_i_mmap_then_mmap(struct vt_file *vf, struct mm_struct *mm)
+{
+	struct file *file = vt_pick_file(mm);
+
+	if (!file)
+		return -ENOENT;
+	i_mmap_lock_read(file->f_mapping);	/* i_mmap_rwsem -> mmap_lock: inverted */
+	mmap_read_lock(mm);
+	mmap_read_unlock(mm);
+	i_mmap_unlock_read(file->f_mapping);
+	fput(file);
+	return 0;
+}
+
+static int vt_mmap_then_i_mmap(struct vt_file *vf, struct mm_struct *mm)
+{
+	struct file *file = vt_pick_file(mm);
+
+	if (!file)
+		return -ENOENT;
+	mmap_read_lock(mm);
+	i_mmap_lock_read(file->f_mapping);	/* mmap_lock -> i_mmap_rwsem: documented */
+	i_mmap_unlock_read(file->f_mapping);
+	mmap_read_unlock(mm);
+	fput(file);
+	return 0;
+}
+
 /* ---- the mode table ------------------------------------------------------- */
 
 #define MODE(n, r, ok, fn) { .name = n, .rule = r, .supported = (ok), .run = fn }
@@ -696,6 +756,8 @@ static const struct vt_mode vt_modes[] = {
 	     vt_pagewalk_under_mmap_read),
 	MODE("mmap-then-i_rwsem", "lock-order", true, vt_mmap_then_i_rwsem),
 	MODE("i_rwsem-then-mmap", "legal", true, vt_i_rwsem_then_mmap),
+	MODE("i_mmap-then-mmap", "lock-order", true, vt_i_mmap_then_mmap),
+	MODE("mmap-then-i_mmap", "legal", true, vt_mmap_then_i_mmap),
 };
 
 /* ---- fault-* modes: the trigger file's mapping ---------------------------- */

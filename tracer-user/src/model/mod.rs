@@ -3,6 +3,7 @@
 //! Pure on purpose — no aya, no async, no I/O — so a live run and `vmalock check` of its
 //! recording feed the same events through the same code and reach the same verdicts.
 
+mod lockorder;
 mod mmap_lock;
 mod rules;
 mod verdict;
@@ -13,8 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::event::{Event, What, kind_name};
+pub use lockorder::{ChainLink, DOCUMENTED_ORDER, Graph};
 pub use mmap_lock::Mode;
-pub use rules::{Availability, RULES, Rule, Status, rule};
+pub use rules::{Availability, RULES, Rule, Status, lock_order_classes, rule};
 pub use vma::UNLOCKED_FLAG_BITS;
 pub use verdict::{TaskRef, Verdict};
 
@@ -47,6 +49,7 @@ pub struct Stats {
 pub struct Model {
     mmap_locks: mmap_lock::MmapLocks,
     vma_rules: vma::VmaRules,
+    lock_order: lockorder::LockOrder,
     /// Kernel stacks by id, from the stream's `stack` lines.
     stacks: HashMap<u32, Vec<String>>,
     stats: Stats,
@@ -82,6 +85,7 @@ impl Model {
         // The VMA rules read the mmap_lock state as it was before this event.
         self.vma_rules.apply(ev, &self.mmap_locks, out);
         self.mmap_locks.apply(ev, &mut self.stats, out);
+        self.lock_order.apply(ev, out);
         if self.blind > 0 {
             self.stats.suppressed_verdicts += (out.len() - first_new) as u64;
             out.truncate(first_new);
@@ -95,6 +99,9 @@ impl Model {
             if let Some(frames) = ev.stack.and_then(|id| self.stacks.get(&id)) {
                 v.stack = frames.clone();
             }
+            for l in &mut v.chain {
+                self.symbolize(l);
+            }
         }
         self.stats.tasks_tracked = self.mmap_locks.tasks_tracked();
     }
@@ -102,6 +109,22 @@ impl Model {
     fn resync(&mut self) {
         self.mmap_locks.resync(&mut self.stats);
         self.vma_rules.forget();
+        self.lock_order.forget();
+    }
+
+    fn symbolize(&self, l: &mut ChainLink) {
+        let frames = |id: Option<u32>| id.and_then(|id| self.stacks.get(&id)).cloned().unwrap_or_default();
+        l.held_stack = frames(l.held_stack_id);
+        l.taken_stack = frames(l.taken_stack_id);
+    }
+
+    /// The lock-order graph learned so far, with the stacks of every edge symbolized.
+    pub fn lock_graph(&self) -> Graph {
+        let mut g = self.lock_order.graph();
+        for l in g.edges.iter_mut().chain(g.cycles.iter_mut().flat_map(|c| c.edges.iter_mut())) {
+            self.symbolize(l);
+        }
+        g
     }
 
     pub fn stats(&self) -> &Stats {

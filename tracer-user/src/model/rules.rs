@@ -190,23 +190,30 @@ pub static RULES: &[Rule] = &[
         layout: layout::VMA_SEQ,
     },
     Rule {
-        id: "lock-order",
+        id: LOCK_ORDER,
         title: "mm locks are taken in the documented order",
-        explanation: "mmap_lock, then the VMA write lock, then i_mmap_rwsem, then anon_vma's \
-            rwsem, then page table locks; two tasks taking a pair in opposite orders is a \
-            possible circular locking dependency, as lockdep would report.",
-        source: "mm/rmap.c lock ordering comment; Documentation/mm/process_addrs.rst",
+        explanation: "inode->i_rwsem, then mmap_lock, then the VMA write lock, then \
+            i_mmap_rwsem, then anon_vma's rwsem, then page table locks. Taking a lock while \
+            holding one documented after it is reported when first seen; two paths taking a \
+            pair (or a longer chain) in opposite orders is a possible circular locking \
+            dependency, reported with every edge's task and stacks as lockdep does. rwsem \
+            readers count (they queue behind a waiting writer); trylocks add no dependency.",
+        source: "mm/rmap.c \"Lock ordering in mm\" (top of file); kernel/locking/lockdep.c \
+            (check_prev_add, strong dependency paths); Documentation/mm/process_addrs.rst",
         fix: "Restructure the path to take the locks in the documented order, or drop the inner \
-            lock before taking the outer one and revalidate.",
+            lock before taking the outer one and revalidate (or use a trylock and back off).",
         needs: &[
             "tracepoint:mmap_lock",
             "fentry:__vma_start_write",
-            "fentry:down_write",
-            "fentry:down_read",
+            "fexit:lock_vma_under_rcu",
+            "fexit:down_write",
+            "fexit:down_read",
             "fentry:up_write",
             "fentry:up_read",
         ],
-        implemented: false,
+        implemented: true,
+        // mmap_lock edges come from the tracepoints alone; which other classes a kernel adds
+        // is `lock_order_classes`.
         live_hooks: &[],
         by_snapshot: false,
         layout: 0,
@@ -268,7 +275,7 @@ impl Rule {
         }
         let tp_ok = a.tracepoints || !self.needs.iter().any(|n| n.starts_with("tracepoint:"));
         let live = if self.live_hooks.is_empty() {
-            self.id == "mmap-lock-balance" && a.tracepoints
+            (self.id == MMAP_LOCK_BALANCE || self.id == LOCK_ORDER) && a.tracepoints
         } else {
             tp_ok && self.live_hooks.iter().any(|h| a.hooks.iter().any(|x| x == h))
         };
@@ -302,6 +309,39 @@ pub const VM_FLAGS_LOCKED: &str = "vm-flags-locked";
 pub const VMA_PREPARE_PRELOCKED: &str = "vma-prepare-prelocked";
 pub const NEW_VMA_LOCKED: &str = "new-vma-locked";
 pub const NO_MMAP_UNDER_VMA_READ: &str = "no-mmap-under-vma-read";
+pub const LOCK_ORDER: &str = "lock-order";
+
+/// The lock classes the lock-order rule sees on a kernel with these hooks, and for each class
+/// how (or why not). Hook names are the functions as `Availability::hooks` lists them.
+pub fn lock_order_classes(a: &Availability) -> Vec<(&'static str, String)> {
+    let has = |h: &str| a.hooks.iter().any(|x| x == h);
+    let tp = if a.tracepoints { "mmap_lock tracepoints".to_string() } else { "unavailable: needs the mmap_lock tracepoints".into() };
+    let vma_write = if a.layout & layout::VMA_SEQ == 0 {
+        "not applicable: no per-VMA locks".to_string()
+    } else if has("__vma_start_write") {
+        "write: hook on __vma_start_write".into()
+    } else {
+        "write: unavailable (no hook on __vma_start_write: inline before 6.13, or no function hooks)".into()
+    };
+    let vma_read = if a.layout & layout::VMA_SEQ == 0 {
+        "".to_string()
+    } else if has("lock_vma_under_rcu") {
+        "; read: hook on lock_vma_under_rcu (seen when mmap_lock is taken under it)".into()
+    } else {
+        "; read: unavailable (no hook on lock_vma_under_rcu)".into()
+    };
+    let rwsem = if has("down_write") && has("up_write") {
+        "down_*/up_* hooks, filtered in the kernel by the addresses learned from VMAs".to_string()
+    } else {
+        "unavailable: needs function hooks on down_read/down_write/up_read/up_write (fentry or kprobe)".into()
+    };
+    vec![
+        ("mmap_lock", tp),
+        ("vma_lock", format!("{vma_write}{vma_read}")),
+        ("i_mmap_rwsem", rwsem.clone()),
+        ("anon_vma", rwsem),
+    ]
+}
 
 #[cfg(test)]
 mod tests {
@@ -310,6 +350,7 @@ mod tests {
 
     #[test]
     fn catalogue_has_the_nine_rules_with_unique_ids() {
+        assert_eq!(rule(LOCK_ORDER).map(|r| r.implemented), Some(true));
         let ids: HashSet<_> = RULES.iter().map(|r| r.id).collect();
         assert_eq!(ids.len(), 9);
         assert_eq!(RULES.len(), 9);
@@ -321,9 +362,22 @@ mod tests {
     }
 
     #[test]
-    fn every_rule_but_lock_order_is_implemented() {
+    fn every_rule_is_implemented() {
         let pending: Vec<_> = RULES.iter().filter(|r| !r.implemented).map(|r| r.id).collect();
-        assert_eq!(pending, ["lock-order"]);
+        assert!(pending.is_empty(), "{pending:?}");
+    }
+
+    #[test]
+    fn lock_order_classes_follow_the_hooks() {
+        let seq = layout::VMA_SEQ;
+        // Host 6.18: tracepoints only, no function hooks.
+        let host = lock_order_classes(&avail(&[], seq, true));
+        assert_eq!(host[0], ("mmap_lock", "mmap_lock tracepoints".to_string()));
+        assert!(host[1].1.starts_with("write: unavailable"), "{:?}", host[1]);
+        assert!(host[2].1.starts_with("unavailable"), "{:?}", host[2]);
+        let guest = lock_order_classes(&avail(&["__vma_start_write", "lock_vma_under_rcu", "down_write", "up_write"], seq, true));
+        assert!(guest.iter().all(|(_, how)| !how.contains("unavailable")), "{guest:?}");
+        assert!(lock_order_classes(&avail(&[], 0, true))[1].1.starts_with("not applicable"));
     }
 
     fn avail(hooks: &[&str], layout: u32, snapshot: bool) -> Availability {
@@ -345,6 +399,8 @@ mod tests {
         let no_tp = Availability { tracepoints: false, ..avail(&["lock_vma_under_rcu"], seq, false) };
         assert!(matches!(rule(NO_MMAP_UNDER_VMA_READ).unwrap().status(&no_tp), Status::Unavailable(_)));
         assert_eq!(rule(MMAP_LOCK_BALANCE).unwrap().status(&avail(&[], 0, false)), Status::Live);
-        assert_eq!(rule("lock-order").unwrap().status(&avail(&[], seq, true)), Status::NotImplemented);
+        assert_eq!(rule(LOCK_ORDER).unwrap().status(&avail(&[], seq, true)), Status::Live);
+        let no_tp = Availability { tracepoints: false, ..avail(&[], seq, true) };
+        assert!(matches!(rule(LOCK_ORDER).unwrap().status(&no_tp), Status::Unavailable(_)));
     }
 }

@@ -52,6 +52,10 @@ pub struct Verdict {
     /// The kernel stack of the offending site, innermost first, symbolized when recorded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stack: Vec<String>,
+    /// lock-order: the dependency edges proving it (one for an inversion, the whole cycle for
+    /// a circular dependency), each with its task and both acquisitions' stacks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<super::lockorder::ChainLink>,
 }
 
 impl Verdict {
@@ -73,12 +77,19 @@ impl Verdict {
             ts_ns: ev.ts_ns,
             events,
             stack: Vec::new(),
+            chain: Vec::new(),
         }
     }
 
     /// The proving events, one line each (as in [`Verdict::explain`]).
     pub fn event_lines(&self) -> Vec<String> {
         self.events.iter().map(|e| EventLine(e).to_string()).collect()
+    }
+
+    /// What `run` and `check` print for a verdict: its line, and for a lock-order verdict the
+    /// dependency chain with symbolized stacks (lockdep's report), indented under it.
+    pub fn report(&self) -> String {
+        if self.chain.is_empty() { format!("{self}\n") } else { format!("{self}\n{}", self.lockdep_report()) }
     }
 
     /// A multi-line explanation for humans: the verdict line, the rule, and the proof.
@@ -98,6 +109,48 @@ impl Verdict {
             s += "  stack:\n";
             for f in &self.stack {
                 s += &format!("    {f}\n");
+            }
+        }
+        if !self.chain.is_empty() {
+            s += &self.lockdep_report();
+        }
+        s
+    }
+
+    /// The chain, the way lockdep prints "possible circular locking dependency detected":
+    /// each dependency with the task that created it and the stacks of both acquisitions.
+    pub fn lockdep_report(&self) -> String {
+        let mut s = String::from("  the existing dependency chain (in order of the cycle):\n");
+        if self.chain.len() == 1 {
+            s = String::from("  the dependency that contradicts the documented order:\n");
+        }
+        for (i, l) in self.chain.iter().enumerate() {
+            s += &format!(
+                "    -> #{i} {} -> {} [{}] first by task {} at {}: held {} ({}), took {} ({})\n",
+                l.from,
+                l.to,
+                l.deps.join(","),
+                l.task,
+                Secs(l.ts_ns),
+                l.from,
+                l.held_take,
+                l.to,
+                l.taken_take
+            );
+            if let Some(c) = &l.contradicts {
+                s += &format!("       contradicts: {c}\n");
+            }
+            for (what, id, frames) in [("held", l.held_stack_id, &l.held_stack), ("taken", l.taken_stack_id, &l.taken_stack)] {
+                match (id, frames.is_empty()) {
+                    (_, false) => {
+                        s += &format!("       {what} at:\n");
+                        for f in frames {
+                            s += &format!("         {f}\n");
+                        }
+                    }
+                    (Some(id), true) => s += &format!("       {what} at: stack {id} (not symbolized in this stream)\n"),
+                    (None, true) => s += &format!("       {what} at: no stack recorded\n"),
+                }
             }
         }
         s
@@ -196,6 +249,16 @@ impl fmt::Display for EventLine<'_> {
                 changes.join(" "),
                 facts.names().join(" ")
             ),
+            What::LockAcquire { class, lock, write, trylock, success, vma_read: v } => write!(
+                f,
+                " {} {lock:#x} {}{}{}{}",
+                class.name(),
+                mode(*write),
+                if *trylock { " (trylock)" } else { "" },
+                if *success { "" } else { " failed" },
+                vma_read(*v)
+            ),
+            What::LockRelease { class, lock, write } => write!(f, " {} {lock:#x} {}", class.name(), mode(*write)),
             What::Stack { id, frames } => write!(f, " stack {id}: {} frames", frames.len()),
             What::Missed { count, span } => write!(f, " {count} hook hits skipped by the kernel within the next {span} events"),
         }

@@ -140,6 +140,8 @@ pub const OUR_PROGRAMS: &[&str] = &[
     "mlock_fixup_fen", "mlock_fixup_fex", "mlock_fixup_kpr", "mlock_fixup_kre",
     "mbind_range_fen", "mbind_range_fex", "mbind_range_kpr", "mbind_range_kre",
     "madvise_update_", "uffd_register_f", "uffd_register_k",
+    "down_read_fentr", "down_read_kprob", "down_write_fent", "down_write_kpro",
+    "up_read_fentry", "up_read_kprobe", "up_write_fentry", "up_write_kprobe",
 ];
 
 pub fn assert_none_of_ours_loaded() {

@@ -1,0 +1,212 @@
+//! The rwsems lock-order watches besides mmap_lock: `mapping->i_mmap_rwsem`, the anon_vma
+//! root's `rwsem` and `inode->i_rwsem`. Their addresses are learned from the VMAs other probes
+//! already see (`learn`) into `LOCK_CLASS`; the down_*/up_* hooks look every rwsem up there, so
+//! any other rwsem in the kernel costs one hash lookup and sends nothing.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::LruHashMap,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
+    EbpfContext,
+};
+use tracer_common::{fact, flag, kind, layout, lock_class};
+
+use crate::{
+    emit::{Body, emit_body, stack_id, traced},
+    kernel::{layout, read},
+    vma::{Args, held_vma_read},
+};
+
+/// rwsem address → [`lock_class`]. LRU: addresses of freed mappings and anon_vmas age out.
+#[map]
+pub static LOCK_CLASS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// A watched rwsem a task passed to down_*_trylock, for the kretprobe (which has no arguments).
+#[map]
+static TRY_PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// How many watched rwsems each task holds (as far as seen): an mmap_lock attempt under one
+/// carries its kernel stack, the "taken" side of a lock-order edge.
+#[map]
+static TASK_HELD: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Whether the current task holds a watched rwsem.
+#[inline(always)]
+pub fn holds_watched() -> bool {
+    unsafe { TASK_HELD.get(&tid()) }.is_some_and(|n| *n > 0)
+}
+
+#[inline(always)]
+fn held_add(up: bool) {
+    let t = tid();
+    match TASK_HELD.get_ptr_mut(&t) {
+        // SAFETY: a valid map value, only ever written by its own task.
+        Some(n) => unsafe {
+            *n = if up { (*n).saturating_add(1) } else { (*n).saturating_sub(1) };
+        },
+        None if up => {
+            let _ = TASK_HELD.insert(&t, &1u32, 0);
+        }
+        None => {}
+    }
+}
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Remembers the rwsems reachable from `vma`: its file's i_mmap_rwsem and i_rwsem, its
+/// anon_vma root's rwsem (include/linux/rmap.h anon_vma_lock_write locks `root->rwsem`).
+#[inline(always)]
+pub fn learn(vma: u64) {
+    if vma == 0 {
+        return;
+    }
+    let l = layout();
+    if l.known & layout::LOCK_FILE != 0 {
+        if let Some(file) = read::<u64>(vma, l.vma_file).filter(|f| *f != 0) {
+            if let Some(mapping) = read::<u64>(file, l.file_mapping).filter(|m| *m != 0) {
+                let _ = LOCK_CLASS.insert(&(mapping + l.mapping_i_mmap_rwsem as u64), &lock_class::I_MMAP_RWSEM, 0);
+            }
+            if let Some(inode) = read::<u64>(file, l.file_inode).filter(|i| *i != 0) {
+                let _ = LOCK_CLASS.insert(&(inode + l.inode_i_rwsem as u64), &lock_class::I_RWSEM, 0);
+            }
+        }
+    }
+    if l.known & layout::LOCK_ANON != 0 {
+        if let Some(av) = read::<u64>(vma, l.vma_anon_vma).filter(|a| *a != 0) {
+            let root = read::<u64>(av, l.anon_vma_root).filter(|r| *r != 0).unwrap_or(av);
+            let _ = LOCK_CLASS.insert(&(root + l.anon_vma_rwsem as u64), &lock_class::ANON_VMA, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn class_of(sem: u64) -> Option<u64> {
+    unsafe { LOCK_CLASS.get(&sem) }.copied()
+}
+
+#[inline(always)]
+fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, write: bool, success: bool, trylock: bool) {
+    if !traced() {
+        return;
+    }
+    let mut facts = if trylock { fact::TRYLOCK } else { 0 };
+    // Only a hold the fault path owns is trusted (its end is seen); see mmap_lock.rs.
+    let vma = match held_vma_read() {
+        Some((v, true)) if k == kind::LOCK_ACQUIRE => {
+            facts |= fact::TASK_VMA_READ;
+            v
+        }
+        _ => 0,
+    };
+    let mut flags = if write { flag::WRITE } else { 0 };
+    if success {
+        flags |= flag::SUCCESS;
+    }
+    let body = Body { mm: 0, vma, args: [sem, class, 0], facts, stack_id: stack_id(ctx) };
+    emit_body(ctx, k, flags, &body);
+}
+
+/// down_read / down_write entry: the task is about to wait (lockdep validates here too).
+#[inline(always)]
+fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
+    let sem = ctx.arg_u64(0);
+    if let Some(class) = class_of(sem) {
+        if !traced() {
+            return;
+        }
+        held_add(true);
+        send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
+    }
+}
+
+#[inline(always)]
+fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
+    let sem = ctx.arg_u64(0);
+    if let Some(class) = class_of(sem) {
+        if !traced() {
+            return;
+        }
+        held_add(false);
+        send(ctx, kind::LOCK_RELEASE, sem, class, WRITE, true, false);
+    }
+}
+
+/// A task that exits forgets its count.
+#[inline(always)]
+pub fn forget_task_locks() {
+    let _ = TASK_HELD.remove(&tid());
+    let _ = TRY_PENDING.remove(&tid());
+}
+
+/// down_*_trylock entry (called from vma.rs's trylock programs): stash a watched rwsem.
+#[inline(always)]
+pub fn on_trylock_entry(sem: u64) {
+    if class_of(sem).is_some() {
+        let _ = TRY_PENDING.insert(&tid(), &sem, 0);
+    }
+}
+
+#[inline(always)]
+fn on_trylock_return<C: EbpfContext + StackIdContext, const WRITE: bool>(ctx: &C, ret: u64) {
+    let t = tid();
+    let Some(sem) = (unsafe { TRY_PENDING.get(&t) }).copied() else { return };
+    let _ = TRY_PENDING.remove(&t);
+    if let Some(class) = class_of(sem) {
+        let success = ret as u32 == 1;
+        if success {
+            held_add(true);
+        }
+        send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, success, true);
+    }
+}
+
+macro_rules! entry_programs {
+    ($fentry:ident, $kprobe:ident, $func:literal, $handler:ident, $write:literal) => {
+        #[fentry(function = $func)]
+        pub fn $fentry(ctx: FEntryContext) -> u32 {
+            $handler::<_, $write>(&ctx);
+            0
+        }
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            $handler::<_, $write>(&ctx);
+            0
+        }
+    };
+}
+
+entry_programs!(down_read_fentry, down_read_kprobe, "down_read", on_down, false);
+entry_programs!(down_write_fentry, down_write_kprobe, "down_write", on_down, true);
+entry_programs!(up_read_fentry, up_read_kprobe, "up_read", on_up, false);
+entry_programs!(up_write_fentry, up_write_kprobe, "up_write", on_up, true);
+
+/// `int down_read_trylock(struct rw_semaphore *sem)`: fexit slot 1 is the return value.
+#[fexit(function = "down_read_trylock")]
+pub fn down_read_trylock_fexit(ctx: FExitContext) -> u32 {
+    on_trylock_return::<_, false>(&ctx, ctx.arg_u64(1));
+    0
+}
+
+#[kretprobe]
+pub fn down_read_trylock_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: u64 = ctx.ret();
+    on_trylock_return::<_, false>(&ctx, ret);
+    0
+}
+
+#[fexit(function = "down_write_trylock")]
+pub fn down_write_trylock_fexit(ctx: FExitContext) -> u32 {
+    on_trylock_return::<_, true>(&ctx, ctx.arg_u64(1));
+    0
+}
+
+#[kretprobe]
+pub fn down_write_trylock_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: u64 = ctx.ret();
+    on_trylock_return::<_, true>(&ctx, ret);
+    0
+}
