@@ -237,7 +237,10 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
             }
             _ = drain_tick.tick() => {
                 if pipe.observer.stop_requested() {
-                    break Stop::Quit;
+                    break match pipe.observer.stop_signal() {
+                        Some(sig) => Stop::Signal(sig),
+                        None => Stop::Quit,
+                    };
                 }
                 let missed = tracer.missed()?;
                 pipe.pump(ring.get_mut(), missed, &symbolize)?;

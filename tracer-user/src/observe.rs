@@ -79,6 +79,11 @@ pub trait Observer: Send {
     fn stop_requested(&self) -> bool {
         false
     }
+    /// The signal behind a stop request, if one was (the dashboard catches SIGTERM itself
+    /// while the run's own handler may not be installed yet): the stop reason names it.
+    fn stop_signal(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The streaming text report: one line per violation on stdout, as it is found (the summary

@@ -111,6 +111,10 @@ impl Observer for Feed {
         self.stop.load(Ordering::Relaxed)
     }
 
+    fn stop_signal(&self) -> Option<&'static str> {
+        super::TERMINATE.load(Ordering::Relaxed).then_some("SIGTERM")
+    }
+
     fn wants_ticks(&self) -> bool {
         true
     }

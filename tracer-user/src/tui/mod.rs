@@ -32,7 +32,7 @@ use feed::Update;
 /// How long the screen waits for a key before drawing again (10 frames/s).
 const FRAME: Duration = Duration::from_millis(100);
 
-static TERMINATE: AtomicBool = AtomicBool::new(false);
+pub(crate) static TERMINATE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigterm(_: libc::c_int) {
     TERMINATE.store(true, Ordering::Relaxed);
