@@ -69,6 +69,9 @@ enum Cmd {
         /// Also write the markdown report here (e.g. bench/RESULTS.md).
         #[arg(long)]
         results: Option<std::path::PathBuf>,
+        /// Run the ratios in this test kernel's guest (e.g. debian-7.2) instead of on the host.
+        #[arg(long)]
+        guest: Option<String>,
     },
     /// Test kernels under QEMU.
     Vm {
@@ -111,7 +114,7 @@ fn main() {
         Cmd::Test { host_only, kernels, args } => {
             setup::ensure_all().and_then(|()| test::run(&args, (!host_only).then_some(kernels.as_slice())))
         }
-        Cmd::Bench { benches, configs, repeats, seconds, no_profile, rss_seconds, replay_seconds, results } => {
+        Cmd::Bench { benches, configs, repeats, seconds, no_profile, rss_seconds, replay_seconds, results, guest } => {
             let argv = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
             let o = bench::Options {
                 benches: if benches.is_empty() { bench::BENCHES.iter().map(|b| b.to_string()).collect() } else { benches },
@@ -122,6 +125,7 @@ fn main() {
                 rss_seconds,
                 replay_seconds,
                 results,
+                guest,
             };
             setup::ensure_all().and_then(|()| bench::run(&o, &argv))
         }

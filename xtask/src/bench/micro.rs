@@ -100,29 +100,35 @@ pub fn run_once(mut c: Command, bench: &str, config: Config, repeat: usize) -> R
     if !out.status.success() {
         bail!("{bench} under {} exited with {}:\n{stdout}\n{stderr}", config.name(), out.status);
     }
+    parse(bench, config, repeat, &stdout, &stderr)
+}
+
+/// One run's numbers from its output (the bench's line on stdout, the tracer's summary).
+pub fn parse(bench: &str, config: Config, repeat: usize, stdout: &str, stderr: &str) -> Result<Run> {
     let ops_per_s = stdout
         .lines()
-        .find(|l| l.starts_with("vmalock-bench-load:"))
+        .find_map(|l| l.trim().strip_prefix("vmalock-bench-load:"))
         .and_then(|l| field(l, "ops_per_s="))
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("{bench} under {} printed no rate:\n{stdout}\n{stderr}", config.name()))?;
     let both = format!("{stdout}\n{stderr}");
     let lost_events = match config {
-        Config::Bpftrace => Some(both.lines().filter_map(|l| bpftrace_lost(l)).sum()),
-        _ => after(&stderr, "lost events: "),
+        Config::Base => None,
+        Config::Bpftrace => Some(both.lines().filter_map(bpftrace_lost).sum()),
+        _ => after(stderr, "lost events: "),
     };
     Ok(Run {
         bench: bench.to_string(),
         config,
         repeat,
         ops_per_s,
-        events_received: after(&stderr, "events received: "),
+        events_received: after(stderr, "events received: "),
         lost_events,
         tracer_secs: stderr
             .lines()
-            .find(|l| l.starts_with("vmalock: stopped:"))
+            .find(|l| l.contains("vmalock: stopped:"))
             .and_then(|l| l.rsplit(" after ").next())
-            .and_then(|t| t.trim_end_matches(" s").parse().ok()),
+            .and_then(|t| t.trim().trim_end_matches(" s").parse().ok()),
     })
 }
 

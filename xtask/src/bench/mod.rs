@@ -6,6 +6,7 @@
 //!
 //! A benchmark, not a test: it asserts nothing; it reports, with the machine's load beside it.
 
+mod guest;
 mod micro;
 mod model;
 mod peer;
@@ -41,6 +42,9 @@ pub struct Options {
     pub replay_seconds: f64,
     /// Also write the markdown report here (e.g. bench/RESULTS.md).
     pub results: Option<PathBuf>,
+    /// Run the ratios in this test guest instead of on the host (`vmalock-bench-load` and
+    /// vmalock only; no bpftrace there).
+    pub guest: Option<String>,
 }
 
 pub fn out_dir() -> PathBuf {
@@ -57,6 +61,9 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
         }
     }
     let configs = o.configs.iter().map(|c| micro::Config::parse(c)).collect::<Result<Vec<_>>>()?;
+    if let Some(kernel) = &o.guest {
+        return run_guest(o, kernel, &configs, argv);
+    }
     if configs.contains(&micro::Config::Bpftrace) || !o.no_profile {
         peer::ensure_packages(&[("bpftrace", "bpftrace"), ("bpftool", "bpftool")])?;
     }
@@ -81,6 +88,7 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
     let load_after = report::uptime();
 
     let r = report::Report {
+        hooks: "Hooks on this kernel: the mmap_lock tracepoints and VMA snapshots (no function hooks: fentry EPERM, no kprobes); bpftrace counts the same three tracepoints per task in maps.".into(),
         started,
         machine: report::machine(),
         command: argv.to_string(),
@@ -93,13 +101,43 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
         replay,
         rss,
     };
-    let md = report::markdown(&r);
-    std::fs::write(out_dir().join("results.md"), &md)?;
-    std::fs::write(out_dir().join("results.json"), serde_json::to_string_pretty(&r)?)?;
+    write(o, &r, "results")
+}
+
+fn write(o: &Options, r: &report::Report, stem: &str) -> Result<()> {
+    let md = report::markdown(r);
+    std::fs::write(out_dir().join(format!("{stem}.md")), &md)?;
+    std::fs::write(out_dir().join(format!("{stem}.json")), serde_json::to_string_pretty(r)?)?;
     if let Some(p) = &o.results {
         std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
     }
     println!("\n{md}");
-    println!("bench: written to {}/results.{{md,json}}", out_dir().display());
+    println!("bench: written to {}/{stem}.{{md,json}}", out_dir().display());
     Ok(())
+}
+
+/// The ratio runs in a test guest under QEMU/TCG (every function hook attached there).
+fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -> Result<()> {
+    let configs: Vec<_> = configs.iter().copied().filter(|c| *c != micro::Config::Bpftrace).collect();
+    std::fs::create_dir_all(out_dir())?;
+    let load_before = report::uptime();
+    let started = report::now_utc();
+    let runs = guest::run(kernel, &o.benches, &configs, o.repeats, o.seconds)?;
+    let r = report::Report {
+        hooks: format!(
+            "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. No bpftrace column: the guest's initramfs has busybox and static binaries only."
+        ),
+        started,
+        machine: format!("{} (host); guest {kernel} under QEMU/TCG", report::machine()),
+        command: argv.to_string(),
+        repeats: o.repeats,
+        seconds: o.seconds,
+        load: vec![("before (host)".into(), load_before), ("at the end (host)".into(), report::uptime())],
+        rows: report::rows(&runs, &o.benches, &configs),
+        runs,
+        profiles: Vec::new(),
+        replay: None,
+        rss: None,
+    };
+    write(o, &r, &format!("guest-{kernel}"))
 }
