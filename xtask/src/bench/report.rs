@@ -150,6 +150,16 @@ fn median_ratio(r: &Report, bench: &str, c: Config) -> Option<f64> {
     r.rows.iter().find(|x| x.bench == bench && x.config == c)?.ratio.map(|s| s.median)
 }
 
+/// " (ratios min–max)": how far to trust a median on a shared machine.
+fn range(r: &Report, bench: &str, c: Config) -> String {
+    r.rows
+        .iter()
+        .find(|x| x.bench == bench && x.config == c)
+        .and_then(|x| x.ratio)
+        .map(|s| format!(" (ratios {:.2}–{:.2}{})", s.min, s.max, if s.min < 1.0 && s.max > 1.0 { ", spans 1.00: within this run's noise" } else { "" }))
+        .unwrap_or_default()
+}
+
 /// The issue's targets, each with what this run measured.
 fn targets(r: &Report) -> String {
     let mut s = String::from("\nTargets (issue 8), from this run's medians:\n\n");
@@ -162,15 +172,24 @@ fn targets(r: &Report) -> String {
     let cost = |ratio: f64| (1.0 - ratio) * 100.0;
     line(
         "default probes ≤ 5% on the page-fault loop",
-        median_ratio(r, "fault", Config::Default).map(|x| (cost(x) <= 5.0, format!("cost {:.1}%", cost(x)))),
+        median_ratio(r, "fault", Config::Default).map(|x| (cost(x) <= 5.0, format!("cost {:.1}%{}", cost(x), range(r, "fault", Config::Default)))),
     );
     line(
         "default probes ≤ 15% on mmap/munmap",
-        median_ratio(r, "mmap", Config::Default).map(|x| (cost(x) <= 15.0, format!("cost {:.1}%", cost(x)))),
+        median_ratio(r, "mmap", Config::Default).map(|x| (cost(x) <= 15.0, format!("cost {:.1}%{}", cost(x), range(r, "mmap", Config::Default)))),
     );
     for b in r.rows.iter().filter(|x| x.config == Config::AllEvents).map(|x| x.bench.clone()) {
         let got = median_ratio(r, &b, Config::AllEvents).zip(median_ratio(r, &b, Config::Bpftrace)).map(|(v, p)| {
-            (v >= p, format!("every-probe cost {:.1}% vs bpftrace {:.1}%", cost(v), cost(p)))
+            (
+                v >= p,
+                format!(
+                    "every-probe cost {:.1}%{} vs bpftrace {:.1}%{}",
+                    cost(v),
+                    range(r, &b, Config::AllEvents),
+                    cost(p),
+                    range(r, &b, Config::Bpftrace)
+                ),
+            )
         });
         line(&format!("every probe cheaper than bpftrace on `{b}`"), got);
     }
