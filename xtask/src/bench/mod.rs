@@ -40,7 +40,7 @@ pub struct Options {
     pub rss_seconds: u64,
     /// Seconds of mmap/munmap recorded for the replay trace (0: skip the replay).
     pub replay_seconds: f64,
-    /// Also write the markdown report here (e.g. bench/RESULTS.md).
+    /// Also write the markdown report here (e.g. bench/RESULTS.md), and its JSON beside it.
     pub results: Option<PathBuf>,
     /// Run the ratios in this test guest instead of on the host (`vmalock-bench-load` and
     /// vmalock only; no bpftrace there).
@@ -110,6 +110,8 @@ fn write(o: &Options, r: &report::Report, stem: &str) -> Result<()> {
     std::fs::write(out_dir().join(format!("{stem}.json")), serde_json::to_string_pretty(r)?)?;
     if let Some(p) = &o.results {
         std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+        let json = p.with_extension("json");
+        std::fs::write(&json, serde_json::to_string_pretty(r)?).with_context(|| format!("writing {}", json.display()))?;
     }
     println!("\n{md}");
     println!("bench: written to {}/{stem}.{{md,json}}", out_dir().display());

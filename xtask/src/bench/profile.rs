@@ -52,15 +52,15 @@ fn sample(bins: &Bins, bench: &str, config: Config, seconds: f64) -> Result<Prof
     let pid = child.id();
     let tck: f64 = crate::cmd::output(Command::new("getconf").arg("CLK_TCK")).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0);
     let mut progs: BTreeMap<u64, Prog> = BTreeMap::new();
-    // The tracer's CPU from the moment its child (the bench) exists: start-up (BTF, loading and
-    // verifying programs) is not a per-op cost.
+    // The tracer's CPU from the moment its child runs the bench (a -c child is held, not yet
+    // exec'd, while the probes load): start-up (BTF, loading and verifying programs, bpftrace's
+    // compile) is not a per-op cost.
     let mut cpu_from: Option<u64> = None;
     let mut cpu_ticks = None;
     // The programs go away with the tracer: keep the last reading taken while it ran.
     while child.try_wait()?.is_none() {
         if let Some(t) = proc_cpu_ticks(pid) {
-            let has_child = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).is_ok_and(|c| !c.trim().is_empty());
-            if has_child && cpu_from.is_none() {
+            if cpu_from.is_none() && bench_running(pid) {
                 cpu_from = Some(t);
             }
             if let Some(from) = cpu_from {
@@ -103,6 +103,14 @@ fn sample(bins: &Bins, bench: &str, config: Config, seconds: f64) -> Result<Prof
         bpf_ns_per_op: bpf_ns as f64 / ops,
         user_ns_per_op: cpu_ticks.map(|t| t as f64 / tck * 1e9 / ops),
         progs,
+    })
+}
+
+/// True once a child of `pid` has exec'd vmalock-bench-load (comm is cut to 15 bytes).
+fn bench_running(pid: u32) -> bool {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children.split_whitespace().any(|c| {
+        std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|comm| comm.trim() == "vmalock-bench-l")
     })
 }
 
