@@ -4,6 +4,7 @@
 //! missing first (idempotently: a second run skips what is there), so a fresh machine needs
 //! nothing else.
 
+mod bench;
 mod cmd;
 mod rules_table;
 mod setup;
@@ -41,6 +42,36 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Benchmark what tracing costs (not a test): mm microbenchmarks untraced, under vmalock and
+    /// under bpftrace, alternating; model replay rate; daemon RSS. Writes target/bench/.
+    Bench {
+        /// Only these microbenchmarks (default: all).
+        #[arg(long = "bench")]
+        benches: Vec<String>,
+        /// Only these traced configurations (default, all-events, record, bpftrace).
+        #[arg(long = "config")]
+        configs: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Seconds per microbenchmark run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Skip the BPF run-time profile (bpf_stats) pass.
+        #[arg(long)]
+        no_profile: bool,
+        /// Seconds of the live daemon RSS run (the full run: --rss-seconds 600; 0 skips it).
+        #[arg(long, default_value_t = 60)]
+        rss_seconds: u64,
+        /// Seconds of mmap/munmap recorded for the replay trace (0 skips the replay).
+        #[arg(long, default_value_t = 5.0)]
+        replay_seconds: f64,
+        /// Also write the markdown report here (e.g. bench/RESULTS.md).
+        #[arg(long)]
+        results: Option<std::path::PathBuf>,
+        /// Run the ratios in this test kernel's guest (e.g. debian-7.2) instead of on the host.
+        #[arg(long)]
+        guest: Option<String>,
     },
     /// Test kernels under QEMU.
     Vm {
@@ -82,6 +113,21 @@ fn main() {
         Cmd::Run { args } => setup::ensure_all().and_then(|()| run(&args)),
         Cmd::Test { host_only, kernels, args } => {
             setup::ensure_all().and_then(|()| test::run(&args, (!host_only).then_some(kernels.as_slice())))
+        }
+        Cmd::Bench { benches, configs, repeats, seconds, no_profile, rss_seconds, replay_seconds, results, guest } => {
+            let argv = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+            let o = bench::Options {
+                benches: if benches.is_empty() { bench::BENCHES.iter().map(|b| b.to_string()).collect() } else { benches },
+                configs: if configs.is_empty() { ["default", "all-events", "record", "bpftrace"].map(String::from).to_vec() } else { configs },
+                repeats,
+                seconds,
+                no_profile,
+                rss_seconds,
+                replay_seconds,
+                results,
+                guest,
+            };
+            setup::ensure_all().and_then(|()| bench::run(&o, &argv))
         }
         Cmd::Vm { cmd: VmCmd::Test { kernels, timeout } } => setup::ensure_all().and_then(|()| {
             let runs = vm::test(&kernels, std::time::Duration::from_secs(timeout))?;

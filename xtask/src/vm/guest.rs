@@ -19,6 +19,8 @@ pub struct GuestBins {
     pub vmalock: PathBuf,
     pub workload: PathBuf,
     pub mix: PathBuf,
+    /// The overhead benchmark's microbenchmarks (`cargo xtask bench --guest`).
+    pub bench_load: PathBuf,
     /// Integration-test executables: (name, path).
     pub tests: Vec<(String, PathBuf)>,
     /// The test module's static trigger helper.
@@ -64,7 +66,7 @@ pub fn build() -> Result<GuestBins> {
     if tests.is_empty() {
         bail!("no integration-test executables were built for the guest");
     }
-    Ok(GuestBins { vmalock: out.join("vmalock"), workload: out.join("vmalock-workload"), mix: out.join("vmalock-mix"), tests, trigger: None })
+    Ok(GuestBins { vmalock: out.join("vmalock"), workload: out.join("vmalock-workload"), mix: out.join("vmalock-mix"), bench_load: out.join("vmalock-bench-load"), tests, trigger: None })
 }
 
 /// The guest's /init: a busybox shell script.
@@ -146,6 +148,7 @@ pub fn initramfs(bins: &GuestBins, module: Option<&Path>, run: Option<&str>, des
     c.file("bin/vmalock", 0o755, &read(&bins.vmalock)?)?;
     c.file("bin/vmalock-workload", 0o755, &read(&bins.workload)?)?;
     c.file("bin/vmalock-mix", 0o755, &read(&bins.mix)?)?;
+    c.file("bin/vmalock-bench-load", 0o755, &read(&bins.bench_load)?)?;
     if let Some(t) = &bins.trigger {
         c.file("bin/vmalock-trigger", 0o755, &read(t)?)?;
     }

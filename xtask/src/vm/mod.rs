@@ -2,7 +2,7 @@
 //! runs the in-guest suite, and prints a kernel × test table. Every boot has a timeout; a panic,
 //! a hang or a missing result line is a failure that shows the end of the serial log.
 
-mod apt;
+pub mod apt;
 mod build;
 mod guest;
 mod initramfs;
