@@ -133,13 +133,14 @@ fn expect(test: &str, item: &str, mode: &str, rule: &str, frames: &[&str], clean
 }
 
 /// Item 1: mbind's page walk under mmap_write_lock with PGWALK_RDLOCK, so mbind_range changes
-/// vm_policy of a VMA nothing write-locked. Found by snapshot (vm_policy changed while
-/// vm_lock_seq did not move): a snapshot verdict has no stack. The walk itself is not judged
-/// (PGWALK_RDLOCK only asks for mmap_lock held, and it is).
+/// vm_policy of a VMA nothing write-locked. Found live at mbind_range's return (vm_policy
+/// changed, the VMA not write-locked; stack through do_mbind) and by snapshot (vm_policy
+/// changed while vm_lock_seq did not move). The walk itself is not judged (PGWALK_RDLOCK only
+/// asks for mmap_lock held, and it is).
 #[test]
 fn item1_mbind_walk_without_vma_write_locks() {
     let test = "item1_mbind_walk_without_vma_write_locks";
-    let Some(o) = expect(test, "item 1", "mbind", "vm-flags-locked", &[], &["vm-flags-locked", "pagewalk-vma-write", "pagewalk-lock-mode"]) else { return };
+    let Some(o) = expect(test, "item 1", "mbind", "vm-flags-locked", &["mbind_range", "do_mbind"], &["vm-flags-locked", "pagewalk-vma-write", "pagewalk-lock-mode"]) else { return };
     assert!(o.for_task("vm-flags-locked").iter().any(|v| v.contains("vm_policy")), "{test}: no vm_policy change reported: {:#?}", o.verdicts);
     // The patch's own effect, live: __walk_page_range steps of a PGWALK_RDLOCK walk by the task
     // while it holds mmap_lock for write, on a VMA that is not write-locked. No rule judges this
