@@ -424,7 +424,8 @@ pub fn build_kernel(name: &str) -> Result<()> {
 
 pub fn list() -> Result<()> {
     for k in manifest::load(&cmd::workspace_root())? {
-        println!("{:<14} {:<18} {}", k.name, k.suite, k.about);
+        let only = if k.tests.is_empty() { String::new() } else { format!(" [runs only: {}]", k.tests.join(", ")) };
+        println!("{:<16} {:<18} {}{only}", k.name, k.suite, k.about);
     }
     Ok(())
 }
