@@ -140,6 +140,7 @@ pub const OUR_PROGRAMS: &[&str] = &[
     "mlock_fixup_fen", "mlock_fixup_fex", "mlock_fixup_kpr", "mlock_fixup_kre",
     "mbind_range_fen", "mbind_range_fex", "mbind_range_kpr", "mbind_range_kre",
     "madvise_update_", "uffd_register_f", "uffd_register_k",
+    "ksm_add_vma_fen", "ksm_add_vma_kpr",
 ];
 
 pub fn assert_none_of_ours_loaded() {
