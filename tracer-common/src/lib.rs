@@ -81,6 +81,8 @@ pub mod site {
     pub const WALK_PAGE_RANGE_VMA_UNSAFE: u64 = 7;
     pub const VMA_LINK: u64 = 16;
     pub const INSTALL_SPECIAL_MAPPING: u64 = 17;
+    /// `ksm_add_vma` entry: mmap_region and do_brk_flags call it on the VMA they just stored.
+    pub const KSM_ADD_VMA: u64 = 18;
     pub const MPROTECT_FIXUP: u64 = 32;
     pub const MLOCK_FIXUP: u64 = 33;
     pub const MBIND_RANGE: u64 = 34;

@@ -311,6 +311,22 @@ pub fn install_special_kretprobe(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// `void ksm_add_vma(struct vm_area_struct *vma)` (CONFIG_KSM): mmap_region and do_brk_flags
+/// call it on the VMA they have just stored in the tree, before returning. do_brk_flags'
+/// final vm_flags_set write-locks the VMA anyway, so its return is too late to see whether the
+/// VMA was locked when it became visible; this entry is inside that window.
+#[fentry(function = "ksm_add_vma")]
+pub fn ksm_add_vma_fentry(ctx: FEntryContext) -> u32 {
+    on_new_vma(&ctx, ctx.arg_u64(0), site::KSM_ADD_VMA);
+    0
+}
+
+#[kprobe]
+pub fn ksm_add_vma_kprobe(ctx: ProbeContext) -> u32 {
+    on_new_vma(&ctx, ctx.arg_u64(0), site::KSM_ADD_VMA);
+    0
+}
+
 // ---- per-VMA read locks: lock_vma_under_rcu … vma_end_read ----------------------------------
 
 #[inline(always)]

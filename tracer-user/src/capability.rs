@@ -83,6 +83,7 @@ const FUNCTIONS: &[&str] = &[
     "__mmap_region",
     "mmap_region",
     "vma_link",
+    "ksm_add_vma",
     "mprotect_fixup",
     "mlock_fixup",
     "vma_modify_flags",

@@ -188,6 +188,7 @@ pub fn site_name(s: u64) -> &'static str {
         site::WALK_PAGE_RANGE_VMA_UNSAFE => "walk_page_range_vma_unsafe",
         site::VMA_LINK => "vma_link",
         site::INSTALL_SPECIAL_MAPPING => "_install_special_mapping",
+        site::KSM_ADD_VMA => "ksm_add_vma",
         site::MPROTECT_FIXUP => "mprotect_fixup",
         site::MLOCK_FIXUP => "mlock_fixup",
         site::MBIND_RANGE => "mbind_range",

@@ -84,6 +84,7 @@ pub const FN_HOOKS: &[FnHook] = &[
     hook!("vma_prepare", Entry, "vma_prepare_fentry", Some("vma_prepare_kprobe"), "VMA change (merge, split, expand)"),
     hook!("vma_link", Exit, "vma_link_fexit", None, "new VMA inserted"),
     hook!("_install_special_mapping", Exit, "install_special_fexit", Some("install_special_kretprobe"), "new VMA inserted"),
+    FnHook { func: "ksm_add_vma", at: At::Entry, trampoline: "ksm_add_vma_fentry", probe: Some("ksm_add_vma_kprobe"), role: "VMA just stored by mmap_region / do_brk_flags", vma_arg: Some(0), returns_of_entry: false },
     hook!("down_read_trylock", Entry, "down_read_trylock_fentry", Some("down_read_trylock_kprobe"), "tells an mmap_lock trylock under a VMA read lock from a blocking lock"),
     hook!("down_write_trylock", Entry, "down_write_trylock_fentry", Some("down_write_trylock_kprobe"), "tells an mmap_lock trylock under a VMA read lock from a blocking lock"),
     hook!("down_read", Entry, "down_read_fentry", Some("down_read_kprobe"), "lock-order: i_mmap_rwsem / anon_vma / i_rwsem taken for read"),

@@ -89,6 +89,10 @@ enum VmCmd {
         /// Seconds one boot may take before it is killed and counted as a hang.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// Build the kernels with a recipe that are not built yet (as `cargo xtask test`
+        /// does), instead of skipping them.
+        #[arg(long)]
+        build: bool,
     },
     /// Boot one test kernel and run a shell command in it instead of the suite (as root, with
     /// vmalock, vmalock-workload, vmalock-trigger on PATH and the test module loaded).
@@ -129,8 +133,8 @@ fn main() {
             };
             setup::ensure_all().and_then(|()| bench::run(&o, &argv))
         }
-        Cmd::Vm { cmd: VmCmd::Test { kernels, timeout } } => setup::ensure_all().and_then(|()| {
-            let runs = vm::test(&kernels, std::time::Duration::from_secs(timeout))?;
+        Cmd::Vm { cmd: VmCmd::Test { kernels, timeout, build } } => setup::ensure_all().and_then(|()| {
+            let runs = vm::test(&kernels, std::time::Duration::from_secs(timeout), build)?;
             let (p, f, s) = vm::tally(&runs);
             println!("vm tests: {p} passed, {f} failed, {s} skipped");
             if f > 0 { anyhow::bail!("vm tests failed") } else { Ok(()) }

@@ -28,6 +28,23 @@ pub fn from_probe(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// (rule id, cell) pairs from the regressions suite's `rule<TAB>item<TAB>how` lines: per rule,
+/// each item that showed it and how ("item 2: live; item 5 (brk): live"), in the order found.
+pub fn from_found(lines: &[String]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for l in lines {
+        let mut f = l.splitn(3, '\t');
+        let (Some(rule), Some(item), Some(how)) = (f.next(), f.next(), f.next()) else { continue };
+        let entry = format!("{item}: {how}");
+        match out.iter_mut().find(|(r, _)| r == rule) {
+            Some((_, cell)) if !cell.split("; ").any(|e| e == entry) => *cell += &format!("; {entry}"),
+            Some(_) => {}
+            None => out.push((rule.to_string(), entry)),
+        }
+    }
+    out
+}
+
 /// One table cell for a probe status.
 fn cell(status: &str) -> String {
     let short = if status == "checked live" {
@@ -100,5 +117,21 @@ mod tests {
         assert!(t.starts_with("| rule | host | 6.1 |\n|---|---|---|\n"), "{t}");
         assert!(t.contains("| `vm-flags-locked` | snapshot only | - |"), "{t}");
         assert!(t.contains("| `new-vma-locked` | not applicable | - |"), "{t}");
+    }
+
+    #[test]
+    fn found_lines_become_one_cell_per_rule_listing_items() {
+        let lines: Vec<String> = ["vm-flags-locked\titem 1\tsnapshot", "new-vma-locked\titem 5 (vma_link)\tlive", "new-vma-locked\titem 5 (brk)\tNOT FOUND", "vm-flags-locked\titem 1\tsnapshot", "garbage"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let f = from_found(&lines);
+        assert_eq!(f, [
+            ("vm-flags-locked".to_string(), "item 1: snapshot".to_string()),
+            ("new-vma-locked".to_string(), "item 5 (vma_link): live; item 5 (brk): NOT FOUND".to_string()),
+        ]);
+        let t = render(&[("host".into(), from_probe(PROBE)), ("seed: found".into(), f)]);
+        assert!(t.contains("| `new-vma-locked` | not applicable | item 5 (vma_link): live; item 5 (brk): NOT FOUND |"), "{t}");
+        assert!(t.contains("| `lock-order` | not implemented | - |"), "{t}");
     }
 }

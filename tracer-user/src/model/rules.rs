@@ -160,15 +160,17 @@ pub static RULES: &[Rule] = &[
         title: "new VMAs are write-locked before they become visible",
         explanation: "A VMA inserted into the mm's maple tree is visible to lock_vma_under_rcu at \
             once, so it must be write-locked until it is fully initialised. Checked when \
-            vma_link and _install_special_mapping return, and by snapshot: a VMA new to a \
-            running mm still at vm_lock_seq == UINT_MAX was never write-locked.",
+            vma_link and _install_special_mapping return, at ksm_add_vma (which mmap_region and \
+            do_brk_flags call on the VMA they just stored, before the end of their write \
+            section), and by snapshot: a VMA new to a running mm still at vm_lock_seq == \
+            UINT_MAX was never write-locked.",
         source: "mm/vma.c vma_link, __mmap_region; mm/mmap.c do_brk_flags, \
             __install_special_mapping (the 2023 series: \"mm: lock newly mapped VMA\")",
         fix: "vma_start_write the new VMA before vma_iter_store/vma_link, as the mmap and brk \
             paths do.",
-        needs: &["fexit:vma_link", "fexit:_install_special_mapping", "iter:task_vma"],
+        needs: &["fexit:vma_link", "fexit:_install_special_mapping", "fentry:ksm_add_vma", "iter:task_vma"],
         implemented: true,
-        live_hooks: &["vma_link", "_install_special_mapping"],
+        live_hooks: &["vma_link", "_install_special_mapping", "ksm_add_vma"],
         by_snapshot: true,
         layout: layout::VMA_SEQ,
     },

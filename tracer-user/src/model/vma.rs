@@ -118,7 +118,12 @@ impl VmaRules {
                 out.push(Verdict::new(VMA_PREPARE_PRELOCKED, what, ev, *mm, vec![ev.clone()]));
             }
             What::VmaNew { mm, vma, site: s, facts } if facts.vma_known() && !facts.has(fact::VMA_WRITE_LOCKED) => {
-                let what = format!("{} inserted VMA {vma:#x} without write-locking it", site_name(*s));
+                let what = if *s == site::KSM_ADD_VMA {
+                    // ksm_add_vma does not insert: its callers (mmap_region, do_brk_flags) did.
+                    format!("VMA {vma:#x} reached ksm_add_vma just stored in the tree and not write-locked")
+                } else {
+                    format!("{} inserted VMA {vma:#x} without write-locking it", site_name(*s))
+                };
                 out.push(Verdict::new(NEW_VMA_LOCKED, what, ev, *mm, vec![ev.clone()]));
             }
             What::VmaModified { mm, vma, site: s, changes, flags_before, flags_after, facts }
@@ -295,6 +300,11 @@ mod tests {
         let new = |facts| What::VmaNew { mm: MM, vma: VMA, site: site::VMA_LINK, facts: Facts(facts) };
         assert_eq!(rules_of(&verdicts(&[ev(1, false, new(WRITER))])), [NEW_VMA_LOCKED]);
         assert!(verdicts(&[ev(1, false, new(WRITER | f::VMA_WRITE_LOCKED))]).is_empty());
+        // At ksm_add_vma the VMA was stored by its caller: the verdict says so, not "inserted by".
+        let at_ksm = What::VmaNew { mm: MM, vma: VMA, site: site::KSM_ADD_VMA, facts: Facts(WRITER) };
+        let v = verdicts(&[ev(1, false, at_ksm)]);
+        assert_eq!(rules_of(&v), [NEW_VMA_LOCKED]);
+        assert!(v[0].what.contains("reached ksm_add_vma"), "{}", v[0].what);
     }
 
     fn snap(changes: &[&str], flags_changed: u64, facts: u32) -> What {

@@ -142,6 +142,7 @@ pub const OUR_PROGRAMS: &[&str] = &[
     "madvise_update_", "uffd_register_f", "uffd_register_k",
     "down_read_fentr", "down_read_kprob", "down_write_fent", "down_write_kpro",
     "up_read_fentry", "up_read_kprobe", "up_write_fentry", "up_write_kprobe",
+    "ksm_add_vma_fen", "ksm_add_vma_kpr",
 ];
 
 pub fn assert_none_of_ours_loaded() {

@@ -1,5 +1,6 @@
 //! `cargo xtask vm build NAME`: a test kernel built here from a Debian source package, by the
-//! recipe in vm-images/recipes/NAME.toml (source package + config fragment).
+//! recipe in vm-images/recipes/NAME.toml (source package + config fragment + optional patches,
+//! applied in order with `patch -p1` after the source is extracted).
 //!
 //! config = x86_64_defconfig + kvm_guest.config + the fragment (merge_config.sh), then
 //! olddefconfig; every option the fragment sets is verified in the result. The build is
@@ -29,7 +30,7 @@ const STEPS_VERSION: &str = "1";
 
 /// Host packages the kernel build needs (pahole from dwarves must be there before configuring:
 /// DEBUG_INFO_BTF depends on the pahole version kconfig sees).
-const HOST_PACKAGES: &[&str] = &["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "cpio", "xz-utils"];
+const HOST_PACKAGES: &[&str] = &["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "cpio", "xz-utils", "patch"];
 
 #[derive(Debug, Deserialize)]
 pub struct Recipe {
@@ -37,6 +38,10 @@ pub struct Recipe {
     pub source: String,
     /// Config fragment, relative to vm-images/recipes.
     pub fragment: String,
+    /// Patches, relative to vm-images/recipes, applied in this order with `patch -p1` in the
+    /// extracted source (part of the cache key).
+    #[serde(default)]
+    pub patches: Vec<String>,
 }
 
 /// A complete build.
@@ -67,6 +72,11 @@ fn recipe_hash(name: &str, recipe: &Recipe) -> Result<String> {
     std::fs::read(recipes_dir().join(format!("{name}.toml")))?.hash(&mut h);
     let frag = recipes_dir().join(&recipe.fragment);
     std::fs::read(&frag).with_context(|| format!("reading {}", frag.display()))?.hash(&mut h);
+    for p in &recipe.patches {
+        let path = recipes_dir().join(p);
+        p.hash(&mut h);
+        std::fs::read(&path).with_context(|| format!("reading the patch {}", path.display()))?.hash(&mut h);
+    }
     Ok(format!("{:016x}", h.finish()))
 }
 
@@ -229,6 +239,15 @@ pub fn build(name: &str, apt: &Apt, cache: &Path) -> Result<Built> {
     std::fs::rename(tmp.join(&top), tmp.join("linux")).with_context(|| format!("the tarball has no {top}/ directory"))?;
     std::fs::remove_dir_all(tmp.join("pkg"))?;
     let tree = tmp.join("linux");
+    for (i, p) in recipe.patches.iter().enumerate() {
+        let path = recipes_dir().join(p);
+        let stem = Path::new(p).file_stem().and_then(|s| s.to_str()).unwrap_or("patch");
+        step(&tmp, &format!("patch-{:02}-{stem}", i + 1), &tree, Command::new("patch").args(["-p1", "--forward", "--batch", "-i"]).arg(&path))
+            .with_context(|| format!("applying the patch {}", path.display()))?;
+    }
+    if !recipe.patches.is_empty() {
+        println!("vm build: {} patches applied", recipe.patches.len());
+    }
 
     // 2. The config.
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();

@@ -103,8 +103,8 @@ echo "VMALOCK-PROBE-END"
 pass=0; fail=0; skip=0
 for t in /tests/*; do
   name=${t##*/}
-  : > /tmp/skips
-  VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix \
+  : > /tmp/skips; : > /tmp/found
+  VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_FOUND_LOG=/tmp/found VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix \
     "$t" --test-threads=1 > /tmp/out 2>&1
   # libtest: "test NAME ... ok|FAILED|ignored"; a skip is an "ok" whose name is in the skip log.
   while read -r word tname dots verdict rest; do
@@ -118,6 +118,8 @@ for t in /tests/*; do
       echo "VMALOCK-RESULT $name::$tname fail"; fail=$((fail+1))
     fi
   done < /tmp/out
+  # What the regressions suite found, rule by rule (for the README's rule table).
+  while read -r found; do echo "VMALOCK-FOUND $found"; done < /tmp/found
   if grep -q "FAILED" /tmp/out; then
     echo "VMALOCK-OUTPUT-BEGIN $name"; cat /tmp/out; echo "VMALOCK-OUTPUT-END $name"
   fi
@@ -129,8 +131,9 @@ poweroff -f
     .to_string()
 }
 
-/// Writes the initramfs: busybox, the static binaries, the tests, /init, and the module if any.
-pub fn initramfs(bins: &GuestBins, module: Option<&Path>, run: Option<&str>, dest: &Path) -> Result<()> {
+/// Writes the initramfs: busybox, the static binaries, the tests (only those named in `only`,
+/// all when it is empty), /init, and the module if any.
+pub fn initramfs(bins: &GuestBins, only: &[String], module: Option<&Path>, run: Option<&str>, dest: &Path) -> Result<()> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
@@ -152,7 +155,7 @@ pub fn initramfs(bins: &GuestBins, module: Option<&Path>, run: Option<&str>, des
     if let Some(t) = &bins.trigger {
         c.file("bin/vmalock-trigger", 0o755, &read(t)?)?;
     }
-    for (name, exe) in &bins.tests {
+    for (name, exe) in bins.tests.iter().filter(|(name, _)| only.is_empty() || only.contains(name)) {
         c.file(&format!("tests/{name}"), 0o755, &read(exe)?)?;
     }
     if let Some(ko) = module {

@@ -28,6 +28,11 @@ pub struct Kernel {
     /// Hook families `vmalock probe` must report working in this guest.
     #[serde(default)]
     pub expect: Vec<String>,
+    /// The integration-test executables (tracer-user/tests/NAME.rs) this guest runs, besides
+    /// the module load and `vmalock probe`; empty: all of them. A kernel built with the rules'
+    /// bugs put back runs only the suite that expects them (the others assume a sound kernel).
+    #[serde(default)]
+    pub tests: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +45,11 @@ pub fn load(root: &Path) -> Result<Vec<Kernel>> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let m: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     for k in &m.kernel {
+        for t in &k.tests {
+            if !root.join("tracer-user/tests").join(format!("{t}.rs")).exists() {
+                bail!("{}: tests names {t:?}, but there is no tracer-user/tests/{t}.rs", k.name);
+            }
+        }
         match (&k.build, k.image.is_empty()) {
             (Some(_), false) => bail!("{}: give either `image` or `build`, not both", k.name),
             (None, true) => bail!("{}: needs `image` (a Debian package) or `build` (a recipe)", k.name),
@@ -90,6 +100,16 @@ mod tests {
         let debug = all.iter().find(|k| k.name == "debug-6.12").unwrap();
         assert_eq!(debug.build.as_deref(), Some("debug-6.12"));
         assert!(debug.image.is_empty());
+        assert!(debug.tests.is_empty(), "a sound kernel runs every suite");
+        let seed = all.iter().find(|k| k.name == "seed-regressions").unwrap();
+        assert_eq!(seed.tests, ["regressions"], "the bugs-put-back kernel runs only the suite that expects them");
+        let bad = "[[kernel]]\nname = \"x\"\nsuite = \"s\"\nbuild = \"debug-6.12\"\nabout = \"\"\ntests = [\"nope\"]\n";
+        let dir = std::env::temp_dir().join(format!("vmalock-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("vm-images")).unwrap();
+        std::fs::write(dir.join("vm-images/kernels.toml"), bad).unwrap();
+        let e = load(&dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.contains("no tracer-user/tests/nope.rs"), "{e}");
     }
 
     #[test]

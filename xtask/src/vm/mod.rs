@@ -45,6 +45,8 @@ pub struct KernelRun {
     pub results: Vec<(String, Status)>,
     /// `vmalock probe`'s report in this guest (empty if it never ran).
     pub probe: String,
+    /// What the regressions suite found here: `rule<TAB>item<TAB>how` lines (`VMALOCK-FOUND`).
+    pub found: Vec<String>,
 }
 
 /// Installs QEMU (the bookworm-backports build, matching the preinstalled qemu-utils) and a
@@ -87,7 +89,7 @@ pub fn run_command(name: &str, command: &str, timeout: Duration) -> Result<()> {
     let vmlinuz = ready.vmlinuz;
     let initrd = cache.join("run").join(format!("{}-run.cpio", k.name));
     std::fs::create_dir_all(initrd.parent().unwrap())?;
-    guest::initramfs(&bins, module.as_deref(), Some(command), &initrd)?;
+    guest::initramfs(&bins, &[], module.as_deref(), Some(command), &initrd)?;
     std::fs::create_dir_all(report_dir())?;
     let log = report_dir().join(format!("{}.run.log", k.name));
     let boot = qemu::boot(&vmlinuz, &initrd, &log, timeout)?;
@@ -145,12 +147,14 @@ fn fetch_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path) -> Result<(P
     Ok((find_vmlinuz(&tree)?, v))
 }
 
-pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
+/// `build_missing`: kernels with a recipe that are not built yet are built first (as
+/// `cargo xtask test` does); otherwise they are skipped, or an error when named.
+pub fn test(names: &[String], timeout: Duration, build_missing: bool) -> Result<Vec<KernelRun>> {
     let root = cmd::workspace_root();
     let kernels = manifest::select(&manifest::load(&root)?, names)?;
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let unbuilt = unbuilt(&kernels, !names.is_empty(), |recipe| Ok(build::find(recipe, &cache)?.is_some()))?;
+    let unbuilt = unbuilt(&kernels, !names.is_empty() && !build_missing, |recipe| Ok(build::find(recipe, &cache)?.is_some()))?;
     let (apt, bins) = setup(&cache)?;
     let reports = report_dir();
     std::fs::create_dir_all(&reports)?;
@@ -158,10 +162,23 @@ pub fn test(names: &[String], timeout: Duration) -> Result<Vec<KernelRun>> {
     let mut runs = Vec::new();
     for k in &kernels {
         if unbuilt.contains(&k.name) {
-            let why = not_built(k.build.as_deref().unwrap_or(&k.name));
-            println!("vm: skipping {}: {why}", k.name);
-            runs.push(KernelRun { kernel: k.name.clone(), release: String::new(), results: vec![("boot".into(), Status::Skip(why))], probe: String::new() });
-            continue;
+            let recipe = k.build.as_deref().unwrap_or(&k.name);
+            let skipped = |status| KernelRun { kernel: k.name.clone(), release: String::new(), results: vec![("build".into(), status)], probe: String::new(), found: Vec::new() };
+            if !build_missing {
+                let why = not_built(recipe);
+                println!("vm: skipping {}: {why}", k.name);
+                runs.push(skipped(Status::Skip(why)));
+                continue;
+            }
+            // The build prints each step's time and the total (about 22 min for a 6.12
+            // defconfig-sized kernel on 2 idle cores).
+            println!("vm: {} is not built: building it (cargo xtask vm build {recipe})", k.name);
+            let t0 = std::time::Instant::now();
+            if let Err(e) = build::build(recipe, &apt, &cache) {
+                println!("vm: building {} failed after {:.0} s: {e:#}", k.name, t0.elapsed().as_secs_f64());
+                runs.push(skipped(Status::Fail(format!("{e:#}"))));
+                continue;
+            }
         }
         runs.push(run_kernel(k, &apt, &cache, &bins, &reports, timeout)?);
     }
@@ -207,7 +224,7 @@ fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::
     };
     let initrd = cache.join("run").join(format!("{}.cpio", k.name));
     std::fs::create_dir_all(initrd.parent().unwrap())?;
-    guest::initramfs(bins, module.as_deref(), None, &initrd)?;
+    guest::initramfs(bins, &k.tests, module.as_deref(), None, &initrd)?;
     println!("vm: booting {} ({})", k.name, vmlinuz.display());
     let log = reports.join(format!("{}.serial.log", k.name));
     let boot = qemu::boot(&vmlinuz, &initrd, &log, timeout)?;
@@ -221,7 +238,7 @@ fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::
             println!("    {l}");
         }
     }
-    Ok(KernelRun { kernel: k.name.clone(), release: parsed.release.unwrap_or(v), results, probe: parsed.probe })
+    Ok(KernelRun { kernel: k.name.clone(), release: parsed.release.unwrap_or(v), results, probe: parsed.probe, found: parsed.found })
 }
 
 /// The kernel image in an extracted package: `boot/vmlinuz-*` (classic layout), or
@@ -243,6 +260,8 @@ pub struct Parsed {
     pub release: Option<String>,
     pub probe: String,
     pub results: Vec<(String, Status)>,
+    /// `VMALOCK-FOUND` lines, without the marker.
+    pub found: Vec<String>,
 }
 
 /// Reads the guest's serial log: the boot marker, the probe report, the result lines, the summary.
@@ -253,6 +272,7 @@ pub fn parse_serial(serial: &str, timed_out: bool, expect: &[String], module_exp
     let mut in_probe = false;
     let mut summary = false;
     let mut module_line = None;
+    let mut found = Vec::new();
     for line in serial.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(r) = line.strip_prefix("VMALOCK-GUEST-BOOTED ") {
@@ -275,6 +295,8 @@ pub fn parse_serial(serial: &str, timed_out: bool, expect: &[String], module_exp
                 _ => Status::Fail("failed in the guest (its output is in the serial log)".into()),
             };
             results.push((name, status));
+        } else if let Some(f) = line.strip_prefix("VMALOCK-FOUND ") {
+            found.push(f.to_string());
         } else if line.starts_with("VMALOCK-SUMMARY ") {
             summary = true;
         }
@@ -317,7 +339,7 @@ pub fn parse_serial(serial: &str, timed_out: bool, expect: &[String], module_exp
             Status::Fail(if timed_out { "timed out before the summary line".into() } else { "no summary line".into() }),
         ));
     }
-    Parsed { release, probe, results }
+    Parsed { release, probe, results, found }
 }
 
 fn tail(s: &str, n: usize) -> Vec<&str> {
@@ -378,6 +400,7 @@ fn write_report(runs: &[KernelRun], dir: &Path) -> Result<()> {
             serde_json::json!({
                 "kernel": r.kernel,
                 "release": r.release,
+                "found": r.found,
                 "results": r.results.iter().map(|(t, s)| {
                     let (status, why) = match s { Status::Pass => ("pass", ""), Status::Fail(m) => ("fail", m.as_str()), Status::Skip(m) => ("skip", m.as_str()) };
                     serde_json::json!({"test": t, "status": status, "why": why})
@@ -401,7 +424,8 @@ pub fn build_kernel(name: &str) -> Result<()> {
 
 pub fn list() -> Result<()> {
     for k in manifest::load(&cmd::workspace_root())? {
-        println!("{:<14} {:<18} {}", k.name, k.suite, k.about);
+        let only = if k.tests.is_empty() { String::new() } else { format!(" [runs only: {}]", k.tests.join(", ")) };
+        println!("{:<16} {:<18} {}{only}", k.name, k.suite, k.about);
     }
     Ok(())
 }
@@ -425,7 +449,7 @@ pub fn tally(runs: &[KernelRun]) -> (u64, u64, u64) {
 mod tests {
     use super::*;
 
-    const LOG: &str = "[    0.0] Linux version 6.12.1\nVMALOCK-GUEST-BOOTED 6.12.1-amd64\nVMALOCK-MODULE loaded\nVMALOCK-PROBE-BEGIN\n  tp_btf      works    ok\n  fentry      REFUSED  EPERM\nVMALOCK-PROBE-END\nVMALOCK-RESULT live_host::a pass\nVMALOCK-RESULT live_host::b skip needs root\nVMALOCK-RESULT live_host::c fail\nVMALOCK-SUMMARY passed=1 failed=1 skipped=1\n";
+    const LOG: &str = "[    0.0] Linux version 6.12.1\nVMALOCK-GUEST-BOOTED 6.12.1-amd64\nVMALOCK-MODULE loaded\nVMALOCK-PROBE-BEGIN\n  tp_btf      works    ok\n  fentry      REFUSED  EPERM\nVMALOCK-PROBE-END\nVMALOCK-RESULT live_host::a pass\nVMALOCK-RESULT live_host::b skip needs root\nVMALOCK-RESULT live_host::c fail\nVMALOCK-FOUND new-vma-locked\titem 5\tlive\nVMALOCK-SUMMARY passed=1 failed=1 skipped=1\n";
 
     #[test]
     fn parses_results_probe_and_expectations() {
@@ -440,12 +464,13 @@ mod tests {
         assert_eq!(get("live_host::b"), Status::Skip("needs root".into()));
         assert!(matches!(get("live_host::c"), Status::Fail(_)));
         assert!(!p.results.iter().any(|(t, _)| t == "summary"));
+        assert_eq!(p.found, ["new-vma-locked\titem 5\tlive"]);
     }
 
     #[test]
     fn unbuilt_local_kernels_are_skipped_unless_named() {
         let all = manifest::load(&cmd::workspace_root()).unwrap();
-        assert_eq!(unbuilt(&all, false, |_| Ok(false)).unwrap(), vec!["debug-6.12".to_string()]);
+        assert_eq!(unbuilt(&all, false, |_| Ok(false)).unwrap(), vec!["debug-6.12".to_string(), "seed-regressions".to_string()]);
         assert!(unbuilt(&all, false, |_| Ok(true)).unwrap().is_empty());
         let named = manifest::select(&all, &["debug-6.12".into()]).unwrap();
         let e = unbuilt(&named, true, |_| Ok(false)).unwrap_err().to_string();
