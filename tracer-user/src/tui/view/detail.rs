@@ -40,6 +40,8 @@ pub fn render(f: &mut Frame, area: Rect, app: &App) {
     }
     lines.extend(v.stack.iter().map(|s| Line::from(format!("  {s}"))));
     lines.push(Line::from(Span::styled("lock order:", bold)));
+    // A lock-order verdict carries its own chain: lockdep's report, with both stacks per edge.
+    lines.extend(v.lockdep_report().lines().filter(|_| !v.chain.is_empty()).map(|l| Line::from(l.to_string())));
     let chain: Vec<_> = app.data().edges.iter().filter(|e| e.locks.0 == v.mm || e.locks.1 == v.mm).collect();
     if chain.is_empty() {
         lines.push(Line::from("  (no lock-order edge through this mm seen)").dim());

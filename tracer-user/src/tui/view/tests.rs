@@ -85,3 +85,34 @@ fn search_prompt_in_the_footer() {
     "walk".chars().for_each(|c| app.handle(Action::Input(c)));
     insta::assert_snapshot!(screen(&mut app));
 }
+
+#[test]
+fn detail_view_shows_a_lock_order_verdicts_own_chain() {
+    use crate::model::{ChainLink, TaskRef};
+    let mut v = fed().groups()[0].last.clone();
+    v.rule = "lock-order";
+    let task = TaskRef { tid: 7, tgid: 7, comm: "inverter".into() };
+    v.chain = vec![ChainLink {
+        from: "i_mmap_rwsem".into(),
+        to: "mmap_lock".into(),
+        deps: vec!["-(ER)->"],
+        task,
+        ts_ns: 1,
+        held_take: "write",
+        taken_take: "read",
+        held_stack_id: None,
+        taken_stack_id: None,
+        held_stack: vec!["vt_i_mmap_then_mmap+0x10 [vmalock_test]".into()],
+        taken_stack: vec![],
+        contradicts: Some("mmap_lock before i_mmap_rwsem (mm/rmap.c)".into()),
+    }];
+    let mut app = App::new();
+    app.update(Update::Verdicts(vec![v]));
+    app.handle(Action::Open);
+    // Tall enough for the whole detail, chain included.
+    let mut t = Terminal::new(TestBackend::new(110, 80)).unwrap();
+    t.draw(|f| super::draw(f, &mut app)).unwrap();
+    let s = t.backend().to_string();
+    assert!(s.contains("i_mmap_rwsem"), "{s}");
+    assert!(s.contains("vt_i_mmap_then_mmap+0x10"), "{s}");
+}
