@@ -14,7 +14,7 @@ use std::io::{BufRead, Write};
 use anyhow::{Context as _, Result};
 
 pub use chrome::ChromeWriter;
-use order::{NestedHolds, OrderEdges};
+use order::{ModelEdges, OrderEdges};
 use pointers::Pseudonyms;
 
 use crate::{
@@ -50,7 +50,7 @@ pub struct Exported {
 
 /// Exports the trace read from `input` to `out`; `raw_pointers` keeps kernel addresses.
 pub fn export<R: BufRead, W: Write>(input: R, out: W, format: Format, raw_pointers: bool) -> Result<Exported> {
-    export_with(input, out, format, raw_pointers, &mut NestedHolds::default())
+    export_with(input, out, format, raw_pointers, &mut ModelEdges::default())
 }
 
 /// [`export`] with the lock-order edges taken from `edges`.

@@ -1,12 +1,53 @@
 //! Lock-order edges for exports: "a task took lock B while holding lock A", drawn as flow
 //! arrows between the two acquisitions.
 //!
-//! Exports take edges through [`OrderEdges`] so the model's own lock-order graph can be plugged
-//! in when it exists; until then [`NestedHolds`] derives the mmap_lock edges from the trace.
+//! Exports take edges through [`OrderEdges`]: [`ModelEdges`] gives the lock-order model's edges
+//! (every lock class it knows), [`NestedHolds`] the nested mmap_lock pairs alone, cheaply
+//! enough for the dashboard's ingest path.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::event::{Event, What};
+use crate::model::Model;
+
+/// The lock-order model's own edges, each the first time the model learns it: the model runs
+/// over the same events (the export's pass is the replay).
+#[derive(Default)]
+pub struct ModelEdges {
+    model: Model,
+    verdicts: Vec<crate::model::Verdict>,
+    known: usize,
+}
+
+/// The lock an acquisition event takes: the mm for an mmap_lock, the lock's own address else.
+fn lock_of(ev: &Event) -> u64 {
+    match &ev.what {
+        What::LockAcquire { lock, .. } => *lock,
+        What::MmapLockAcquired { mm, .. } | What::MmapLockStart { mm, .. } => *mm,
+        What::VmaWriteLock { vma, .. } => *vma,
+        _ => 0,
+    }
+}
+
+impl OrderEdges for ModelEdges {
+    fn observe(&mut self, ev: &Event, out: &mut Vec<OrderEdge>) {
+        self.model.apply(ev, &mut self.verdicts);
+        self.verdicts.clear();
+        let edges = self.model.lock_order_edges();
+        if edges.len() == self.known {
+            return;
+        }
+        let known = self.known;
+        self.known = edges.len();
+        let site = |e: &Event| Site { pid: e.tgid, tid: e.tid, ts_ns: e.ts_ns };
+        out.extend(edges.skip(known).map(|(from, to, held, taken)| OrderEdge {
+            from: site(held),
+            to: site(taken),
+            locks: (lock_of(held), lock_of(taken)),
+            label: format!("{from} -> {to}"),
+        }));
+    }
+}
 
 /// Where and when a lock was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -204,6 +204,11 @@ pub(crate) struct LockOrder {
 }
 
 impl LockOrder {
+    /// Every edge learned so far, in the order first seen.
+    pub(crate) fn edges(&self) -> &[Edge] {
+        &self.edges
+    }
+
     pub(crate) fn forget(&mut self) {
         // Held locks may have been released unseen; the edges already learned stay true.
         self.tasks.clear();

@@ -118,6 +118,15 @@ impl Model {
         l.taken_stack = frames(l.taken_stack_id);
     }
 
+    /// Lock-order edges learned so far, in the order first seen: (held lock, taken lock, the
+    /// acquisition of each). Index with `skip` to get only the ones new since the last call.
+    pub fn lock_order_edges(&self) -> impl ExactSizeIterator<Item = (String, String, &Event, &Event)> + '_ {
+        self.lock_order
+            .edges()
+            .iter()
+            .map(|e| (e.from.to_string(), e.to.to_string(), &e.witness.held, &e.witness.taken))
+    }
+
     /// The lock-order graph learned so far, with the stacks of every edge symbolized.
     pub fn lock_graph(&self) -> Graph {
         let mut g = self.lock_order.graph();
