@@ -69,6 +69,8 @@ pub trait Observer: Send {
     /// Every event, in model order (cheap: called on the ingest path).
     fn event(&mut self, _: &Event) {}
     fn verdict(&mut self, v: &Verdict);
+    /// Lock-order edges the model learned with the last event, each once.
+    fn order_edges(&mut self, _: &[crate::export::order::OrderEdge]) {}
     fn tick(&mut self, _: &Tick) {}
     /// Whether to build ticks at all (they read kernel counters and walk the model's tasks:
     /// the text report does without).

@@ -38,6 +38,9 @@ pub struct Pipeline {
     pub observer: Box<dyn Observer>,
     /// Most records one drain found since this was last taken (ring buffer fill).
     pub peak_drain: usize,
+    /// Lock-order edges already handed to the observer, and the new ones of this event.
+    edges_known: usize,
+    new_edges: Vec<crate::export::order::OrderEdge>,
 }
 
 /// Symbolized frames of a kernel stack id (innermost first).
@@ -57,6 +60,8 @@ impl Pipeline {
             stacks_sent: Default::default(),
             observer,
             peak_drain: 0,
+            edges_known: 0,
+            new_edges: Vec::new(),
         }
     }
 
@@ -118,6 +123,11 @@ impl Pipeline {
             w.event(ev).context("writing the trace file")?;
         }
         self.observer.event(ev);
+        crate::export::order::new_edges(&self.model, &mut self.edges_known, &mut self.new_edges);
+        if !self.new_edges.is_empty() {
+            self.observer.order_edges(&self.new_edges);
+            self.new_edges.clear();
+        }
         for v in self.found.drain(..) {
             self.verdicts += 1;
             self.observer.verdict(&v);

@@ -33,20 +33,26 @@ impl OrderEdges for ModelEdges {
     fn observe(&mut self, ev: &Event, out: &mut Vec<OrderEdge>) {
         self.model.apply(ev, &mut self.verdicts);
         self.verdicts.clear();
-        let edges = self.model.lock_order_edges();
-        if edges.len() == self.known {
-            return;
-        }
-        let known = self.known;
-        self.known = edges.len();
-        let site = |e: &Event| Site { pid: e.tgid, tid: e.tid, ts_ns: e.ts_ns };
-        out.extend(edges.skip(known).map(|(from, to, held, taken)| OrderEdge {
-            from: site(held),
-            to: site(taken),
-            locks: (lock_of(held), lock_of(taken)),
-            label: format!("{from} -> {to}"),
-        }));
+        new_edges(&self.model, &mut self.known, out);
     }
+}
+
+/// Appends the lock-order edges `model` learned after the first `*known` (and counts them in):
+/// one length check per event when nothing is new.
+pub fn new_edges(model: &Model, known: &mut usize, out: &mut Vec<OrderEdge>) {
+    let edges = model.lock_order_edges();
+    if edges.len() == *known {
+        return;
+    }
+    let skip = *known;
+    *known = edges.len();
+    let site = |e: &Event| Site { pid: e.tgid, tid: e.tid, ts_ns: e.ts_ns };
+    out.extend(edges.skip(skip).map(|(from, to, held, taken)| OrderEdge {
+        from: site(held),
+        to: site(taken),
+        locks: (lock_of(held), lock_of(taken)),
+        label: format!("{from} -> {to}"),
+    }));
 }
 
 /// Where and when a lock was taken.

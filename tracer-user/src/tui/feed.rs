@@ -15,8 +15,8 @@ use std::{
 };
 
 use crate::{
-    event::{Event, What},
-    export::order::{NestedHolds, OrderEdge, OrderEdges},
+    event::What,
+    export::order::{OrderEdge, new_edges},
     model::{Model, RULES, Verdict},
     observe::{Observer, Started, Tick},
     trace::{TraceError, TraceReader},
@@ -47,7 +47,6 @@ pub struct Feed {
     tx: SyncSender<Update>,
     pending: VecDeque<Verdict>,
     edges: Vec<OrderEdge>,
-    order: NestedHolds,
     /// Verdicts dropped because the screen fell `MAX_PENDING` behind.
     pub dropped: u64,
     stop: Arc<AtomicBool>,
@@ -55,7 +54,7 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(tx: SyncSender<Update>, stop: Arc<AtomicBool>) -> Self {
-        Feed { tx, pending: VecDeque::new(), edges: Vec::new(), order: NestedHolds::default(), dropped: 0, stop }
+        Feed { tx, pending: VecDeque::new(), edges: Vec::new(), dropped: 0, stop }
     }
 
     fn send(&mut self, u: Update) -> bool {
@@ -89,8 +88,8 @@ impl Observer for Feed {
         let _ = self.send(Update::Started(s.clone()));
     }
 
-    fn event(&mut self, ev: &Event) {
-        self.order.observe(ev, &mut self.edges);
+    fn order_edges(&mut self, e: &[OrderEdge]) {
+        self.edges.extend_from_slice(e);
     }
 
     fn verdict(&mut self, v: &Verdict) {
@@ -132,7 +131,7 @@ pub fn replay<R: BufRead>(input: R, name: &str, tick_ns: u64, mut send: impl FnM
         rules: RULES.iter().map(|r| (r.id, r.title, if r.implemented { "in the recording's rules" } else { "not implemented yet" }.to_string())).collect(),
     }));
     let mut model = Model::new();
-    let mut order = NestedHolds::default();
+    let mut known_edges = 0;
     let (mut found, mut edges) = (Vec::new(), Vec::new());
     let (mut events, mut verdicts, mut next_tick) = (0u64, 0u64, None::<u64>);
     let mut last_ts = header.monotonic_start_ns;
@@ -162,7 +161,7 @@ pub fn replay<R: BufRead>(input: R, name: &str, tick_ns: u64, mut send: impl FnM
             events += 1;
         }
         model.apply(&ev, &mut found);
-        order.observe(&ev, &mut edges);
+        new_edges(&model, &mut known_edges, &mut edges);
         if !edges.is_empty() {
             send(Update::Edges(std::mem::take(&mut edges)));
         }
