@@ -258,6 +258,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
                     verdicts: pipe.verdicts,
                     held,
                     waiting,
+                    held_other: Tick::other_locks_of(&pipe.model),
                 };
                 pipe.observer.tick(&tick);
             }

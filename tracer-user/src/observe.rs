@@ -48,6 +48,8 @@ pub struct Tick {
     pub held: Holds,
     /// Tasks waiting for an mmap_lock: (task, mm, mode, since ns).
     pub waiting: Waits,
+    /// Locks of the other classes each task holds now (see `Model::held_other`).
+    pub held_other: Vec<(TaskRef, Vec<String>)>,
 }
 
 impl Tick {
@@ -58,6 +60,13 @@ impl Tick {
         let mut waiting: Vec<_> = model.waiting().collect();
         waiting.sort_by_key(|(t, ..)| (t.tgid, t.tid));
         (held, waiting)
+    }
+
+    /// [`Tick::held_other`] of `model`, sorted like `held`.
+    pub fn other_locks_of(model: &Model) -> Vec<(TaskRef, Vec<String>)> {
+        let mut other: Vec<_> = model.held_other().collect();
+        other.sort_by_key(|(t, _)| (t.tgid, t.tid));
+        other
     }
 }
 

@@ -204,6 +204,20 @@ pub(crate) struct LockOrder {
 }
 
 impl LockOrder {
+    /// The locks of classes other than mmap_lock each task holds now, as "class mode" names
+    /// (the mmap_lock side is `Model::held`).
+    pub(crate) fn held_other(&self) -> impl Iterator<Item = (TaskRef, Vec<String>)> + '_ {
+        self.tasks.values().filter_map(|h| {
+            let names: Vec<String> = h
+                .iter()
+                .filter(|x| x.key.class != LockClass::MmapLock)
+                .map(|x| format!("{} {:#x} {}", x.key, x.addr, x.take.name()))
+                .collect();
+            let first = h.iter().find(|x| x.key.class != LockClass::MmapLock)?;
+            Some((TaskRef::from(&first.ev), names))
+        })
+    }
+
     /// Every edge learned so far, in the order first seen.
     pub(crate) fn edges(&self) -> &[Edge] {
         &self.edges
@@ -614,6 +628,16 @@ mod tests {
         fn lock_order(&self) -> Vec<&Verdict> {
             self.out.iter().filter(|v| v.rule == LOCK_ORDER).collect()
         }
+    }
+
+    #[test]
+    fn held_other_follows_the_non_mmap_classes_each_task_holds() {
+        let mut r = Run::new();
+        r.mmap(1, MM_A, false).lock(1, LockClass::IMmapRwsem, MAPPING, true);
+        let held: Vec<_> = r.model.held_other().map(|(t, names)| (t.tid, names)).collect();
+        assert_eq!(held, [(1, vec![format!("i_mmap_rwsem {MAPPING:#x} write")])]);
+        r.unlock(1, LockClass::IMmapRwsem, MAPPING, true);
+        assert_eq!(r.model.held_other().count(), 0, "only the mmap_lock is left, shown by Model::held");
     }
 
     #[test]

@@ -118,6 +118,12 @@ impl Model {
         l.taken_stack = frames(l.taken_stack_id);
     }
 
+    /// Locks of the other classes (VMA lock, i_mmap_rwsem, anon_vma, i_rwsem) each task holds
+    /// now, as the lock-order model follows them: (task, "class 0xaddr mode" names).
+    pub fn held_other(&self) -> impl Iterator<Item = (TaskRef, Vec<String>)> + '_ {
+        self.lock_order.held_other()
+    }
+
     /// Lock-order edges learned so far, in the order first seen: (held lock, taken lock, the
     /// acquisition of each). Index with `skip` to get only the ones new since the last call.
     pub fn lock_order_edges(&self) -> impl ExactSizeIterator<Item = (String, String, &Event, &Event)> + '_ {

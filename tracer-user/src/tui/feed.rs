@@ -147,6 +147,7 @@ pub fn replay<R: BufRead>(input: R, name: &str, tick_ns: u64, mut send: impl FnM
             verdicts,
             held,
             waiting,
+            held_other: Tick::other_locks_of(model),
         })
     };
     for ev in reader {

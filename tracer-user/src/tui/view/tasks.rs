@@ -1,4 +1,5 @@
-//! Pane 2: the mmap_locks each task holds right now, who waits, and the lock-order edges seen.
+//! Pane 2: the locks each task holds right now (mmap_locks, and the other classes the lock-order
+//! model follows), who waits, and the lock-order edges seen.
 
 use std::collections::HashSet;
 
@@ -19,17 +20,30 @@ pub fn render(f: &mut Frame, area: Rect, app: &App) {
     let empty = Vec::new();
     let held = d.tick.as_ref().map_or(&empty, |t| &t.held);
     let fl = &app.filters;
-    let rows: Vec<Row> = held
+    // Per task: its mmap_locks, then what the lock-order model follows of the other classes.
+    let other = d.tick.as_ref().map_or(&[][..], |t| &t.held_other[..]);
+    let mut tasks: Vec<(&crate::model::TaskRef, Vec<String>)> = held
+        .iter()
+        .map(|(t, locks)| {
+            let locks = locks.iter().map(|(mm, mode, n)| format!("mmap_lock mm {mm:#x} {}{}", mode.name(), if *n > 1 { format!(" ×{n}") } else { String::new() })).collect();
+            (t, locks)
+        })
+        .collect();
+    for (t, names) in other {
+        match tasks.iter_mut().find(|(x, _)| x.tid == t.tid) {
+            Some((_, locks)) => locks.extend(names.iter().cloned()),
+            None => tasks.push((t, names.clone())),
+        }
+    }
+    tasks.sort_by_key(|(t, _)| (t.tgid, t.tid));
+    let rows: Vec<Row> = tasks
         .iter()
         .filter(|(t, _)| fl.task(t.tid, t.tgid, &t.comm))
-        .map(|(t, locks)| {
-            let locks: Vec<String> = locks.iter().map(|(mm, mode, n)| format!("mm {mm:#x} {}{}", mode.name(), if *n > 1 { format!(" ×{n}") } else { String::new() })).collect();
-            Row::new(vec![t.comm.clone(), t.tid.to_string(), t.tgid.to_string(), locks.join(", ")])
-        })
+        .map(|(t, locks)| Row::new(vec![t.comm.clone(), t.tid.to_string(), t.tgid.to_string(), locks.join(", ")]))
         .collect();
     let count = rows.len();
     let table = Table::new(rows, [Constraint::Length(16), Constraint::Length(8), Constraint::Length(8), Constraint::Fill(1)])
-        .header(Row::new(["task", "tid", "pid", "mmap_locks held now"]).style(Style::default().add_modifier(Modifier::BOLD)))
+        .header(Row::new(["task", "tid", "pid", "locks held now"]).style(Style::default().add_modifier(Modifier::BOLD)))
         .block(Block::bordered().title(format!(" Tasks holding locks now ({count}) ")))
         .row_highlight_style(selected_style());
     let mut state = TableState::default().with_selected((count > 0).then_some(app.selection()));

@@ -116,3 +116,18 @@ fn detail_view_shows_a_lock_order_verdicts_own_chain() {
     assert!(s.contains("i_mmap_rwsem"), "{s}");
     assert!(s.contains("vt_i_mmap_then_mmap+0x10"), "{s}");
 }
+
+#[test]
+fn tasks_pane_lists_locks_of_every_class_a_task_holds() {
+    use crate::model::TaskRef;
+    let task = TaskRef { tid: 9, tgid: 8, comm: "mapper".into() };
+    let tick = crate::observe::Tick {
+        held_other: vec![(task, vec!["i_mmap_rwsem 0x3 write".into()])],
+        ..Default::default()
+    };
+    let mut app = App::new();
+    app.update(Update::Tick(tick));
+    app.handle(Action::Pane(1));
+    let s = screen(&mut app);
+    assert!(s.contains("mapper") && s.contains("i_mmap_rwsem 0x3 write"), "{s}");
+}
