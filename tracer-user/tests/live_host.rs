@@ -119,7 +119,8 @@ fn record_of_a_multithreaded_child_is_complete_and_balanced() {
     let threads: std::collections::HashSet<_> = evs.iter().map(|e| e["tid"].as_u64().unwrap()).collect();
     assert!(threads.len() >= 5, "main thread and 4 workers, got {threads:?}");
     let exits = evs.iter().filter(|e| e["kind"] == "task_exit").count();
-    assert_eq!(exits, threads.len(), "one sched_process_exit per thread");
+    // One sched_process_exit per thread, short only by hits the kernel skipped (marked).
+    assert!(exits <= threads.len() && exits + missed >= threads.len(), "{exits} exits for {} threads, {missed} hits skipped", threads.len());
     assert_eq!(imbalance(&all), None);
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "no violations on a clean kernel");
 
