@@ -124,6 +124,9 @@ pub fn snapshot_task_vma(ctx: *mut core::ffi::c_void) -> i32 {
     let _ = SNAP_SEEN.insert(&vma, &now, 0);
     if traced_tgid(tgid) {
         count(counter::SNAP_VISITED);
+        // Lock-order classes of VMAs no hook has shown (6.12 maps files without vma_link or
+        // __vma_start_write: a file VMA never faulted is otherwise never learned).
+        crate::locks::learn(vma);
     }
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     let changed = snap::FLAGS_CHANGED | snap::PAGE_PROT_CHANGED | snap::UFFD_CHANGED | snap::POLICY_CHANGED;

@@ -217,10 +217,14 @@ impl Tracer {
             f if hooks::is_wrapper(kbtf, f) => false,
             f if f.starts_with("walk_page") || f == "__walk_page_range" => has(lbits::WALK) && has(lbits::VMA_SEQ),
             "vma_prepare" => has(lbits::VMA_PREPARE) && has(lbits::VMA_SEQ),
-            // lock-order's rwsem hooks (and the trylock entries they share with the VMA rules).
-            "down_read" | "down_write" | "up_read" | "up_write" | "down_read_trylock" | "down_write_trylock" => {
-                has(lbits::VMA_SEQ) || has(lbits::LOCK_FILE) || has(lbits::LOCK_ANON)
+            // lock-order's rwsem hooks: only where something learns the lock addresses they are
+            // filtered by (the VMA hooks and snapshots, all of which need per-VMA locks);
+            // elsewhere they would cost every rwsem in the kernel a lookup for nothing.
+            "down_read" | "down_write" | "up_read" | "up_write" => {
+                has(lbits::VMA_SEQ) && (has(lbits::LOCK_FILE) || has(lbits::LOCK_ANON))
             }
+            // Shared with the VMA rules (trylock under a per-VMA read lock).
+            "down_read_trylock" | "down_write_trylock" => has(lbits::VMA_SEQ),
             _ => has(lbits::VMA_SEQ),
         };
         let mut functions = hooks::attach_all(&mut self.ebpf, kbtf, btf, wanted);

@@ -332,7 +332,9 @@ pub fn lock_order_classes(a: &Availability) -> Vec<(&'static str, String)> {
     } else {
         "; read: unavailable (no hook on lock_vma_under_rcu)".into()
     };
-    let rwsem = if has("down_write") && has("up_write") {
+    let rwsem = if a.layout & layout::VMA_SEQ == 0 {
+        "not applicable: its lock addresses are learned from the VMAs the per-VMA-lock hooks and snapshots see".to_string()
+    } else if has("down_write") && has("up_write") {
         "down_*/up_* hooks, filtered in the kernel by the addresses learned from VMAs".to_string()
     } else {
         "unavailable: needs function hooks on down_read/down_write/up_read/up_write (fentry or kprobe)".into()
