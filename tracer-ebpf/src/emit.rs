@@ -118,7 +118,19 @@ pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {
 
 /// Sends one event with a full body if the current task passes the filter.
 #[inline(always)]
-pub fn emit_body<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body) {
+pub fn emit_body<C: EbpfContext>(ctx: &C, kind: u16, flags: u16, body: &Body) {
+    emit_body_if(ctx, kind, flags, body, false);
+}
+
+/// [`emit_body`] for an event a rule needs whatever kinds are sent by default (an mmap_lock
+/// attempt while a watched rwsem is held: the lock-order edge's own side).
+#[inline(always)]
+pub fn emit_body_needed<C: EbpfContext>(ctx: &C, kind: u16, flags: u16, body: &Body) {
+    emit_body_if(ctx, kind, flags, body, true);
+}
+
+#[inline(always)]
+fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body, needed: bool) {
     let Some(cfg) = CONFIG.get(0) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -128,7 +140,7 @@ pub fn emit_body<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body
     bump(counter::SEEN_BASE + kind as u32, 1);
     // An mmap_lock attempt under a per-VMA read lock is what no-mmap-under-vma-read needs,
     // whatever kinds are sent otherwise.
-    if cfg.send_mask & kind_bit(kind) == 0 && body.facts & fact::TASK_VMA_READ == 0 {
+    if cfg.send_mask & kind_bit(kind) == 0 && body.facts & fact::TASK_VMA_READ == 0 && !needed {
         return;
     }
     if current_task_is_new(ctx, cfg.start_ns) {

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tracer_common::{fact, flag, kind, tp_layout};
 
 use crate::{
-    emit::{Body, emit, emit_body, stack_id},
+    emit::{Body, emit, emit_body, emit_body_needed, stack_id},
     kernel::{layout, vma_readers},
     vma::{believed, forget_task, held_vma_read, took_trylock},
 };
@@ -53,7 +53,7 @@ fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, fl
         // Under a watched rwsem (lock-order): the stack of the mmap_lock side of the edge.
         None if crate::locks::holds_watched() => {
             let body = Body { mm, stack_id: stack_id(ctx), ..Default::default() };
-            emit_body(ctx, kind, flags, &body);
+            emit_body_needed(ctx, kind, flags, &body);
         }
         None => emit(ctx, kind, mm, flags),
     }

@@ -63,6 +63,7 @@ pub fn default_send_mask() -> u32 {
         kind::VMA_PREPARE,
         kind::VMA_NEW,
         kind::VMA_SNAPSHOT,
+        kind::VMA_MODIFIED,
         kind::LOCK_ACQUIRE,
         kind::LOCK_RELEASE,
     ]
@@ -329,4 +330,20 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         attached,
         counters,
     })
+}
+
+#[cfg(test)]
+mod default_mask_tests {
+    use super::*;
+
+    /// Every kind a rule judges is sent by default; only start_locking is filtered in the
+    /// kernel (it passes under a per-VMA read lock), and `missed` is made in userspace.
+    #[test]
+    fn default_run_sends_every_kind_a_rule_judges() {
+        let mask = default_send_mask();
+        for k in 1..kind::COUNT as u16 {
+            let sent = mask & kind_bit(k) != 0;
+            assert_eq!(sent, k != kind::MMAP_START && k != kind::MISSED, "kind {k}");
+        }
+    }
 }
