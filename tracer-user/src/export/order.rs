@@ -2,10 +2,7 @@
 //! arrows between the two acquisitions.
 //!
 //! Exports take edges through [`OrderEdges`]: [`ModelEdges`] gives the lock-order model's edges
-//! (every lock class it knows), [`NestedHolds`] the nested mmap_lock pairs alone, cheaply
-//! enough for the dashboard's ingest path.
-
-use std::collections::{HashMap, HashSet};
+//! (every lock class it knows); the live pipeline hands the same edges over with [`new_edges`].
 
 use crate::event::{Event, What};
 use crate::model::Model;
@@ -78,114 +75,4 @@ pub struct OrderEdge {
 pub trait OrderEdges {
     /// Called with every event in trace order; appends the edges it proves to `out`.
     fn observe(&mut self, ev: &Event, out: &mut Vec<OrderEdge>);
-}
-
-/// Edges between mmap_locks of different mms held at once by one task, each ordered pair
-/// reported once (its first occurrence).
-///
-/// Runs on the ingest path, so its state is small and bounded: per task the distinct mms held
-/// (a nesting count each, not one entry per acquisition: a trace may lack releases), at most
-/// `MAX_TASKS` tasks and `MAX_PAIRS` reported pairs.
-#[derive(Default)]
-pub struct NestedHolds {
-    /// Per tid: (mm, nesting, when first taken), a handful at most.
-    held: HashMap<u32, Vec<(u64, u32, u64)>>,
-    seen: HashSet<(u64, u64)>,
-}
-
-const MAX_TASKS: usize = 65_536;
-const MAX_PAIRS: usize = 65_536;
-
-impl OrderEdges for NestedHolds {
-    fn observe(&mut self, ev: &Event, out: &mut Vec<OrderEdge>) {
-        // Every event goes through here on the live ingest path: the common cases (a task's
-        // only lock, anything that is not an mmap_lock event) must stay a lookup or two.
-        match &ev.what {
-            What::MmapLockAcquired { mm, success: true, .. } => {
-                if self.held.len() >= MAX_TASKS && !self.held.contains_key(&ev.tid) {
-                    // Exits were missed: forget rather than grow.
-                    self.held.clear();
-                }
-                let Self { held, seen } = self;
-                let held = held.entry(ev.tid).or_default();
-                for &(other, _, since) in held.iter().filter(|(m, ..)| m != mm) {
-                    if seen.len() < MAX_PAIRS && seen.insert((other, *mm)) {
-                        let site = |ts_ns| Site { pid: ev.tgid, tid: ev.tid, ts_ns };
-                        out.push(OrderEdge {
-                            from: site(since),
-                            to: site(ev.ts_ns),
-                            locks: (other, *mm),
-                            label: format!("mmap_lock {other:#x} -> mmap_lock {mm:#x}"),
-                        });
-                    }
-                }
-                match held.iter_mut().find(|(m, ..)| m == mm) {
-                    Some(h) => h.1 += 1,
-                    None => held.push((*mm, 1, ev.ts_ns)),
-                }
-            }
-            What::MmapLockReleased { mm, .. } => {
-                if let Some(h) = self.held.get_mut(&ev.tid)
-                    && let Some(i) = h.iter().position(|(m, ..)| m == mm)
-                {
-                    h[i].1 -= 1;
-                    if h[i].1 == 0 {
-                        h.swap_remove(i);
-                    }
-                }
-            }
-            What::TaskExit => {
-                self.held.remove(&ev.tid);
-            }
-            // The trace may have holes here: forget rather than invent edges.
-            What::Missed { .. } => self.held.clear(),
-            _ => {}
-        }
-    }
-}
-
-/// No edges: for exports that should not draw any.
-pub struct NoEdges;
-
-impl OrderEdges for NoEdges {
-    fn observe(&mut self, _: &Event, _: &mut Vec<OrderEdge>) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(tid: u32, ts_ns: u64, what: What) -> Event {
-        Event { ts_ns, cpu: 0, tid, tgid: tid, comm: "t".into(), task_new: true, lost_before: 0, loss_epoch: 0, stack: None, what }
-    }
-    fn acq(mm: u64) -> What {
-        What::MmapLockAcquired { mm, write: false, success: true, vma_read: None, trylock: false }
-    }
-    fn rel(mm: u64) -> What {
-        What::MmapLockReleased { mm, write: false }
-    }
-
-    #[test]
-    fn nested_holds_of_two_mms_make_one_edge_each_way_once() {
-        let mut n = NestedHolds::default();
-        let mut out = Vec::new();
-        for (i, w) in [acq(1), acq(2), rel(2), acq(2), rel(2), rel(1), acq(2), acq(1)].into_iter().enumerate() {
-            n.observe(&ev(7, i as u64, w), &mut out);
-        }
-        let pairs: Vec<(u64, u64)> = out.iter().map(|e| e.locks).collect();
-        assert_eq!(pairs, [(1, 2), (2, 1)]);
-        assert_eq!((out[0].from.ts_ns, out[0].to.ts_ns), (0, 1));
-    }
-
-    #[test]
-    fn unreleased_acquires_of_one_mm_stay_one_entry() {
-        // A trace without releases (filtered, lost) must not make each event cost more.
-        let mut n = NestedHolds::default();
-        let mut out = Vec::new();
-        for i in 0..10_000 {
-            n.observe(&ev(7, i, acq(1)), &mut out);
-        }
-        assert_eq!(n.held[&7].len(), 1);
-        assert!(out.is_empty());
-    }
 }
