@@ -217,6 +217,20 @@ pub struct Config {
     /// Submits wake the reader only once this many bytes are waiting; below that the reader
     /// drains on its own timer. A wakeup per event costs the traced task more than the event.
     pub wakeup_bytes: u64,
+    /// Non-zero: balanced mmap_lock acquire/release pairs with nothing sent between them stay in
+    /// the kernel (default runs; `record` and `--all-events` send every event).
+    pub fold: u32,
+    /// Which per-task lookups the mmap_lock hooks make ([`watch`] bits): set only when the
+    /// hooks that fill those maps are attached, so a kernel without them pays nothing.
+    pub watch: u32,
+}
+
+/// `Config::watch` bits.
+pub mod watch {
+    /// lock-order's rwsem hooks are attached: an mmap_lock attempt checks for a watched rwsem.
+    pub const LOCKS: u32 = 1 << 0;
+    /// The per-VMA read-lock hooks are attached: an mmap_lock attempt checks for a VMA read hold.
+    pub const VMA_READ: u32 = 1 << 1;
 }
 
 /// `Config::tgid`: trace every task.
@@ -238,8 +252,10 @@ pub mod counter {
     pub const VMA_READ_DROPPED: u32 = 3;
     /// VMAs of traced processes the snapshot compared with their previous state.
     pub const SNAP_VISITED: u32 = 4;
+    /// mmap_lock acquire/release pairs folded in the kernel: balanced, nothing sent between.
+    pub const FOLDED_PAIRS: u32 = 5;
     /// Hook invocations that passed the TGID filter, indexed by `SEEN_BASE + kind`.
-    pub const SEEN_BASE: u32 = 5;
+    pub const SEEN_BASE: u32 = 6;
     pub const COUNT: u32 = SEEN_BASE + super::kind::COUNT as u32;
 }
 

@@ -11,6 +11,8 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 use aya_log_ebpf::warn;
 use tracer_common::{Config, RawEvent, TGID_ALL, counter, fact, flag, kind_bit};
 
+use crate::fold;
+
 /// Offset of `task_struct.start_time`, resolved by name from the running kernel's BTF and set
 /// by the loader. A load-time constant so the verifier sees a fixed offset.
 #[unsafe(no_mangle)]
@@ -89,6 +91,12 @@ pub fn stack_id<C: StackIdContext>(ctx: &C) -> i32 {
     ctx.get_stackid(&STACKS, 0).map(|id| id as i32).unwrap_or(-1)
 }
 
+/// `Config::watch`: which per-task maps the mmap_lock hooks should look at.
+#[inline(always)]
+pub fn watching() -> u32 {
+    CONFIG.get(0).map(|c| c.watch).unwrap_or(0)
+}
+
 /// The filter: true when the current task is traced (CONFIG's tgid).
 #[inline(always)]
 pub fn traced() -> bool {
@@ -143,6 +151,46 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
     if cfg.send_mask & kind_bit(kind) == 0 && body.facts & fact::TASK_VMA_READ == 0 && !needed {
         return;
     }
+    let lock_event = kind == tracer_common::kind::MMAP_ACQUIRED || kind == tracer_common::kind::MMAP_RELEASED;
+    // Default runs: balanced mmap_lock pairs stay in the kernel (crate::fold).
+    let slot = if cfg.fold != 0 {
+        let acquire = kind == tracer_common::kind::MMAP_ACQUIRED;
+        fold::slot(acquire && flags & flag::SUCCESS != 0)
+    } else {
+        None
+    };
+    if let Some(slot) = &slot {
+        if kind == tracer_common::kind::MMAP_RELEASED && slot.fold_release(body.mm, flags) {
+            return;
+        }
+        let plain_acquire =
+            kind == tracer_common::kind::MMAP_ACQUIRED && flags & flag::SUCCESS != 0 && body.facts == 0 && !needed;
+        // Before the kept acquire is sent: a downgrade of it is kept with it.
+        if plain_acquire && flags & flag::WRITE == 0 && slot.keep_downgrade(body.mm) {
+            return;
+        }
+        if let Some(k) = slot.take_kept() {
+            let mut kflags = k.flags;
+            if current_task_is_new(ctx, cfg.start_ns) {
+                kflags |= flag::TASK_NEW;
+            }
+            let kept = Body { mm: k.mm, stack_id: -1, ..Default::default() };
+            let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            submit_at(tracer_common::kind::MMAP_ACQUIRED, kflags, &kept, pid_tgid as u32, tgid, comm, Some((k.ts_ns, k.cpu)));
+            slot.sent(true, k.mm, k.flags);
+            if let Some(at) = k.downgrade {
+                let dflags = (kflags & flag::TASK_NEW) | flag::SUCCESS;
+                submit_at(tracer_common::kind::MMAP_ACQUIRED, dflags, &kept, pid_tgid as u32, tgid, comm, Some(at));
+                slot.sent(true, k.mm, dflags);
+            }
+        }
+        if plain_acquire && slot.keep_acquire(body.mm, flags) {
+            return;
+        }
+        if lock_event {
+            slot.sent(kind == tracer_common::kind::MMAP_ACQUIRED, body.mm, flags);
+        }
+    }
     if current_task_is_new(ctx, cfg.start_ns) {
         flags |= flag::TASK_NEW;
     }
@@ -166,6 +214,12 @@ pub fn emit_for(kind: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16]) {
 
 #[inline(always)]
 fn submit(kind: u16, flags: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16]) {
+    submit_at(kind, flags, body, tid, tgid, comm, None)
+}
+
+/// [`submit`] with the timestamp and CPU of an event kept back (crate::fold) instead of now.
+#[inline(always)]
+fn submit_at(kind: u16, flags: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16], at: Option<(u64, u32)>) {
     let Some(cfg) = CONFIG.get(0) else { return };
     let epoch_ptr = LOSS_EPOCH.get_ptr_mut(0);
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
@@ -184,7 +238,10 @@ fn submit(kind: u16, flags: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16
     let epoch = epoch_ptr.map(|p| unsafe { core::ptr::read_volatile(p) }).unwrap_or(0);
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).ts_ns = match at {
+            Some((ts, _)) => ts,
+            None => bpf_ktime_get_ns(),
+        };
         (*ev).mm = body.mm;
         (*ev).vma = body.vma;
         (*ev).args = body.args;
@@ -192,7 +249,10 @@ fn submit(kind: u16, flags: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16
         (*ev).stack_id = body.stack_id;
         (*ev).tid = tid;
         (*ev).tgid = tgid;
-        (*ev).cpu = bpf_get_smp_processor_id();
+        (*ev).cpu = match at {
+            Some((_, cpu)) => cpu,
+            None => bpf_get_smp_processor_id(),
+        };
         (*ev).lost_before = take_pending_lost();
         (*ev).kind = kind;
         (*ev).flags = flags;

@@ -7,6 +7,7 @@
 #![feature(core_intrinsics)]
 
 mod emit;
+mod fold;
 mod kernel;
 mod locks;
 mod mmap_lock;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
-use tracer_common::{fact, flag, kind, tp_layout};
+use tracer_common::{fact, flag, kind, tp_layout, watch};
 
 use crate::{
     emit::{Body, emit, emit_body, emit_body_needed, stack_id},
@@ -23,7 +23,8 @@ static TRACK_VMA_READ: Global<u32> = Global::new(0);
 /// per-VMA read lock the task holds, if any, with the stack that proves it.
 #[inline(always)]
 fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {
-    let held = if TRACK_VMA_READ.load() != 0 { held_vma_read() } else { None };
+    let watch = crate::emit::watching();
+    let held = if TRACK_VMA_READ.load() != 0 && watch & watch::VMA_READ != 0 { held_vma_read() } else { None };
     // vma_end_read() is inline almost everywhere, so a release can go unseen. A hold handed to
     // the fault path ends with handle_mm_fault, which is seen: it is trusted while the VMA has a
     // reader. Any other hold (madvise, uffd, ... release inline and may take mmap_lock next) is
@@ -51,7 +52,7 @@ fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, fl
             emit_body(ctx, kind, flags, &body);
         }
         // Under a watched rwsem (lock-order): the stack of the mmap_lock side of the edge.
-        None if crate::locks::holds_watched() => {
+        None if watch & watch::LOCKS != 0 && crate::locks::holds_watched() => {
             let body = Body { mm, stack_id: stack_id(ctx), ..Default::default() };
             emit_body_needed(ctx, kind, flags, &body);
         }

@@ -13,6 +13,7 @@ use crate::{emit::emit, vma::forget_task};
 pub fn btf_task_exit(ctx: BtfTracePointContext) -> i32 {
     forget_task();
     emit(&ctx, kind::TASK_EXIT, 0, 0);
+    crate::fold::forget();
     0
 }
 
@@ -20,5 +21,6 @@ pub fn btf_task_exit(ctx: BtfTracePointContext) -> i32 {
 pub fn tp_task_exit(ctx: TracePointContext) -> u32 {
     forget_task();
     emit(&ctx, kind::TASK_EXIT, 0, 0);
+    crate::fold::forget();
     0
 }

@@ -220,7 +220,7 @@ pub fn probe() -> Result<Capabilities> {
         .collect();
     let functions = FUNCTIONS.iter().map(|f| (f.to_string(), kbtf.has_function(f))).collect();
     // The tracer's own choice, exactly as a run makes it (events stay paused; dropped at once).
-    let tracer = loader::Tracer::load(&loader::Options { ring_bytes: 1 << 16, force_tracepoint: false, snapshot_ms: 1000 }, &kbtf)?;
+    let tracer = loader::Tracer::load(&loader::Options { ring_bytes: 1 << 16, force_tracepoint: false, snapshot_ms: 1000, every_hook: true }, &kbtf)?;
     let attached = tracer.attached.clone();
     drop(tracer);
     let availability = attached.availability();

@@ -121,7 +121,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     let out = opts.output.as_deref().map(create_output).transpose()?;
     let kbtf = KernelBtf::open()?;
     let mut tracer = Tracer::load(
-        &Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint, snapshot_ms: opts.snapshot_ms },
+        &Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint, snapshot_ms: opts.snapshot_ms, every_hook: opts.all_events },
         &kbtf,
     )?;
     // Stacks are symbolized when first seen; without kallsyms they stay addresses.
@@ -130,6 +130,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     let mut logger = tracer.take_logger().and_then(|l| register(l).ok());
 
     let send_mask = if opts.all_events { all_send_mask() } else { default_send_mask() };
+    tracer.fold_pairs(!opts.all_events);
     let (mut held, tgid, start_ns) = match (&opts.command, opts.pid) {
         (Some(argv), _) => {
             let born_after = loader::monotonic_ns();
@@ -188,6 +189,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         command: opts.argv.clone(),
         filter: Filter { tgid: (tgid != TGID_ALL).then_some(tgid) },
         all_events: opts.all_events,
+        folded_pairs: !opts.all_events,
         capabilities: serde_json::to_value(&tracer.attached)?,
         layout: serde_json::json!({ "task_struct.start_time": kbtf.required_offset("task_struct", "start_time")? }),
         ..Header::default()

@@ -32,6 +32,9 @@ pub struct Attached {
     pub hooks: BTreeMap<String, String>,
     /// Why a preferred family was not used, per hook.
     pub fallbacks: BTreeMap<String, String>,
+    /// Hooks left unattached on purpose because nothing in this run needs them, with why.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_needed: BTreeMap<String, String>,
     /// Kernel function → how it is hooked, or why it is not (the VMA rules' hooks).
     pub functions: BTreeMap<String, HookState>,
     /// VMA snapshots: "iter/task_vma every N ms", "off", or why they cannot run.
@@ -61,6 +64,10 @@ pub struct Options {
     pub force_tracepoint: bool,
     /// VMA snapshot period in ms; 0 = no snapshots.
     pub snapshot_ms: u64,
+    /// Attach every hook even where no rule of a default run reads its events (`record`,
+    /// `--all-events`, the capability probe). Otherwise mmap_lock_start_locking is attached
+    /// only where a rule needs it: under a per-VMA read lock or a lock-order rwsem.
+    pub every_hook: bool,
 }
 
 pub struct Tracer {
@@ -68,6 +75,10 @@ pub struct Tracer {
     pub attached: Attached,
     /// Wake the reader early once a quarter of the ring is full.
     wakeup_bytes: u64,
+    /// Fold balanced mmap_lock pairs in the kernel (`Config::fold`); see [`Tracer::fold_pairs`].
+    fold: bool,
+    /// `Config::watch`: the per-task lookups whose hooks are attached.
+    watch: u32,
     /// `TP_BTF_WRITE_ARG` as loaded; 0 when tp_btf cannot be used for mmap_lock.
     write_arg: u32,
     /// The loaded iter/task_vma program, when snapshots are on and work.
@@ -181,6 +192,8 @@ impl Tracer {
             ebpf,
             attached: Attached::default(),
             wakeup_bytes: u64::from(opts.ring_bytes / 4),
+            fold: false,
+            watch: 0,
             write_arg,
             snapshots: false,
             snapshot_round: 0,
@@ -190,10 +203,19 @@ impl Tracer {
         tracer.attached.layout_missing = resolved.missing.iter().map(|(g, w)| (g.to_string(), w.clone())).collect();
         tracer.pause()?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        tracer.attach_functions(kbtf, &btf, resolved.layout.known);
         for hook in HOOKS {
+            // start_locking is the hottest hook with nothing to send in a default run unless an
+            // attempt can be made under a lock a rule watches (Config::watch).
+            if hook.name == "mmap_lock_start_locking" && !opts.every_hook && tracer.watch == 0 {
+                tracer.attached.not_needed.insert(
+                    hook.name.into(),
+                    "no rule of a default run reads it on this kernel (no per-VMA read-lock or lock-order rwsem hooks); record and --all-events attach it".into(),
+                );
+                continue;
+            }
             tracer.attach(hook, &btf, tp_layout, opts.force_tracepoint)?;
         }
-        tracer.attach_functions(kbtf, &btf, resolved.layout.known);
         tracer.attached.snapshot = match opts.snapshot_ms {
             0 => "off".into(),
             ms => match tracer.load_snapshots(&btf, resolved.layout.known) {
@@ -257,6 +279,15 @@ impl Tracer {
             for f in read_lock_hooks {
                 functions.insert(f.into(), HookState::Unavailable("needs hooks on down_read_trylock and down_write_trylock".into()));
             }
+        }
+        // The mmap_lock hooks look these per-task maps up only where something fills them.
+        let on = |f: &str| attached(f, &functions);
+        self.watch = 0;
+        if ["down_read", "down_write", "up_read", "up_write"].iter().any(|f| on(f)) {
+            self.watch |= tracer_common::watch::LOCKS;
+        }
+        if on("lock_vma_under_rcu") {
+            self.watch |= tracer_common::watch::VMA_READ;
         }
         self.attached.functions = functions;
     }
@@ -362,11 +393,18 @@ impl Tracer {
     }
 
     fn configure(&mut self, start_ns: u64, tgid: u32, send_mask: u32) -> Result<()> {
-        let cfg = Config { start_ns, tgid, send_mask, wakeup_bytes: self.wakeup_bytes };
+        let cfg = Config { start_ns, tgid, send_mask, wakeup_bytes: self.wakeup_bytes, fold: u32::from(self.fold), watch: self.watch };
         let mut map: Array<&mut MapData, Config> =
             Array::try_from(self.ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?)?;
         map.set(0, cfg, 0).context("writing the CONFIG map")?;
         Ok(())
+    }
+
+    /// Whether balanced mmap_lock acquire/release pairs with nothing sent between them stay in
+    /// the kernel (tracer-ebpf's fold.rs): on for default runs, which judge rules, off for
+    /// `record`/`--all-events`, whose traces must hold every event. Call before `start`.
+    pub fn fold_pairs(&mut self, on: bool) {
+        self.fold = on;
     }
 
     /// Starts the flow of events for `tgid` (a process, or [`tracer_common::TGID_ALL`]) and
@@ -421,6 +459,7 @@ impl Tracer {
             missed: self.missed()?,
             vma_read_taken: sum(counter::VMA_READ_TAKEN)?,
             vma_read_dropped: sum(counter::VMA_READ_DROPPED)?,
+            folded_pairs: sum(counter::FOLDED_PAIRS)?,
             snapshot_vmas: sum(counter::SNAP_VISITED)?,
             snapshot_rounds: u64::from(self.snapshot_round),
         })
@@ -483,6 +522,8 @@ pub struct Counters {
     /// Per-VMA read locks taken and released by traced tasks (counted in the kernel).
     pub vma_read_taken: u64,
     pub vma_read_dropped: u64,
+    /// mmap_lock acquire/release pairs the kernel folded instead of sending (default runs).
+    pub folded_pairs: u64,
     /// VMA snapshot passes, and VMAs of traced processes compared in them.
     pub snapshot_rounds: u64,
     pub snapshot_vmas: u64,

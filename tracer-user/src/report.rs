@@ -35,6 +35,9 @@ impl fmt::Display for Summary {
         writeln!(f, "vmalock: stopped: {} after {:.3} s", self.stop_reason, self.duration_ns as f64 / 1e9)?;
         let hooks: Vec<String> = self.attached.hooks.iter().map(|(h, fam)| format!("{h} ({fam})")).collect();
         writeln!(f, "  hooks: {}", hooks.join(", "))?;
+        for (h, why) in &self.attached.not_needed {
+            writeln!(f, "  not attached: {h}: {why}")?;
+        }
         for (hook, why) in &self.attached.fallbacks {
             writeln!(f, "  fallback for {hook}: {why}")?;
         }
@@ -87,6 +90,13 @@ impl fmt::Display for Summary {
         writeln!(f, "  hook hits: {}", if seen.is_empty() { "none".into() } else { seen.join(", ") })?;
         let recv: Vec<String> = self.stats.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(f, "  events received: {} ({})", self.events_received, recv.join(", "))?;
+        if self.counters.folded_pairs > 0 {
+            writeln!(
+                f,
+                "  balanced mmap_lock pairs folded in the kernel (not sent; `record` or --all-events sends them): {}",
+                self.counters.folded_pairs
+            )?;
+        }
         writeln!(f, "  lost events: {} (per CPU: {:?})", self.lost(), self.lost_per_cpu)?;
         writeln!(f, "  missed hook hits (kernel recursion protection): {}", self.missed)?;
         if self.decode_errors > 0 {

@@ -104,6 +104,38 @@ fn mmap_hold_to_exit_is_one_balance_verdict_for_the_task_and_mm() {
     );
 }
 
+/// The verdicts of a default `run` of MODE (balanced mmap_lock pairs folded in the kernel).
+fn default_run_verdicts(mode: &str) -> Vec<String> {
+    let cmd = format!("{} -l {LINGER_MS} {mode}", trigger_bin());
+    let out = run(&["run", "-c", &cmd]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("command exited with status 0"), "the mode itself failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("VIOLATION ")).map(str::to_string).collect()
+}
+
+/// Folding balanced pairs in the kernel must not cost a verdict: a leaked or unheld mmap_lock
+/// is reported by a default run exactly as by `record` + `check`, and the legal twin is silent.
+#[test]
+fn balance_verdicts_survive_folding_in_a_default_run() {
+    if modes("balance_verdicts_survive_folding_in_a_default_run").is_none() {
+        return;
+    }
+    for (mode, texts) in [
+        ("mmap-release-unheld", &["mmap_lock released for read without being held"][..]),
+        (
+            "mmap-hold-to-exit",
+            &["task exited holding mmap_lock for read", "mmap_lock taken for write while this task already holds it for read"][..],
+        ),
+    ] {
+        let v = default_run_verdicts(mode);
+        assert_eq!(v.len(), 1, "{mode}: exactly one verdict expected from a default run, got {v:#?}");
+        assert!(v[0].starts_with("VIOLATION mmap-lock-balance: "), "{}", v[0]);
+        assert!(texts.iter().any(|t| v[0].contains(t)), "{mode}: unexpected verdict {}", v[0]);
+    }
+    let v = default_run_verdicts("mmap-release-held");
+    assert!(v.is_empty(), "mmap-release-held: no verdict expected, got {v:#?}");
+}
+
 #[test]
 fn every_legal_twin_yields_no_verdict() {
     let Some(modes) = modes("every_legal_twin_yields_no_verdict") else { return };

@@ -30,6 +30,10 @@ pub struct Header {
     pub filter: Filter,
     /// Whether every event was recorded, or only those the model needed.
     pub all_events: bool,
+    /// Whether balanced mmap_lock pairs (an acquire and its release with nothing sent between)
+    /// were folded in the kernel and are absent from the trace. Older traces lack the field.
+    #[serde(default)]
+    pub folded_pairs: bool,
     /// Owned by the probe code; kept opaque here so its shape can change without this module.
     pub capabilities: serde_json::Value,
     pub layout: serde_json::Value,
@@ -50,6 +54,7 @@ impl Default for Header {
             command: Vec::new(),
             filter: Filter::default(),
             all_events: false,
+            folded_pairs: false,
             capabilities: serde_json::Value::Null,
             layout: serde_json::Value::Null,
         }

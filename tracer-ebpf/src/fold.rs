@@ -1,0 +1,188 @@
+//! Balanced mmap_lock pairs folded in the kernel (default runs only).
+//!
+//! Almost every mmap_lock hold is an acquire followed by its release with nothing a rule judges
+//! in between (mmap, munmap, mprotect each take and drop the lock once). Sent to userspace such
+//! a pair changes no verdict: `mmap-lock-balance` sees a hold come and go, and no other rule
+//! looks at it. Streaming them cost the traced mmap loop more than half its throughput, so a
+//! default run keeps the acquire here, per task, and drops the pair when the matching release
+//! comes next. Anything else the task sends first (a VMA hook, an rwsem of a lock-order class,
+//! its exit, another mmap_lock event) sends the kept acquire ahead of it with its own
+//! timestamp, so the model sees every hold a judged event happens under.
+//!
+//! A pair is kept only when the task holds no other mmap_lock userspace knows of (`depth` 0):
+//! an acquire nested in another hold is a lock-order edge and may be a balance verdict.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::map,
+    maps::HashMap,
+};
+use tracer_common::{counter, flag};
+
+use crate::emit::count;
+
+/// What the task has pending and how deep userspace thinks it is in mmap_locks.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Slot {
+    /// The kept acquire: its mm (0 = none), timestamp, CPU and flags.
+    pend_mm: u64,
+    pend_ts: u64,
+    pend_cpu: u32,
+    pend_flags: u32,
+    /// mmap_write_downgrade of the kept acquire: its timestamp (0 = none) and CPU.
+    down_ts: u64,
+    down_cpu: u32,
+    _pad2: u32,
+    /// Successful acquires sent minus releases sent. Only ever too high (a non-owner release,
+    /// a downgrade taken for a nested read): that costs folding, never a verdict.
+    depth: u32,
+    _pad: u32,
+    /// The mm of the write hold userspace knows of, so that mmap_write_downgrade's
+    /// acquire_returned(read) is not counted as a second hold.
+    write_mm: u64,
+    /// The mm of the last acquire sent. The first acquire of an mm is always sent: it tells the
+    /// model the task held nothing hidden there, so a later unmatched release is a verdict.
+    known_mm: u64,
+}
+
+const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, _pad: 0, write_mm: 0, known_mm: 0 };
+
+/// tid → slot. A plain hash, not LRU: evicting a kept acquire would make its release look
+/// unmatched. When it is full nothing more is folded. Entries go at the task's exit.
+#[map]
+static FOLD: HashMap<u32, Slot> = HashMap::with_max_entries(32768, 0);
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// A kept acquire to send: (mm, flags, timestamp, CPU), and its downgrade if one was kept.
+pub struct Kept {
+    pub mm: u64,
+    pub flags: u16,
+    pub ts_ns: u64,
+    pub cpu: u32,
+    pub downgrade: Option<(u64, u32)>,
+}
+
+/// The current task's slot: one map lookup per event, shared by every step below.
+pub struct SlotRef(*mut Slot);
+
+/// The current task's slot; created when `create` (a successful acquire) and missing.
+#[inline(always)]
+pub fn slot(create: bool) -> Option<SlotRef> {
+    let tid = tid();
+    if let Some(p) = FOLD.get_ptr_mut(&tid) {
+        return Some(SlotRef(p));
+    }
+    if !create || FOLD.insert(&tid, &FRESH, 0).is_err() {
+        return None;
+    }
+    FOLD.get_ptr_mut(&tid).map(SlotRef)
+}
+
+// SAFETY (every method): a valid map value, touched only by its own task (and its exit).
+impl SlotRef {
+    /// A release: true if it ends the kept acquire (the pair is dropped).
+    #[inline(always)]
+    pub fn fold_release(&self, mm: u64, flags: u16) -> bool {
+        let s = self.0;
+        unsafe {
+            let pend = (*s).pend_mm;
+            // After a downgrade the hold is a read hold.
+            let held_write = (*s).pend_flags as u16 & flag::WRITE != 0 && (*s).down_ts == 0;
+            if pend == 0 || pend != mm || held_write != (flags & flag::WRITE != 0) {
+                return false;
+            }
+            (*s).pend_mm = 0;
+        }
+        count(counter::FOLDED_PAIRS);
+        true
+    }
+
+    /// A successful plain read acquire of the mm whose write acquire is kept: only
+    /// mmap_write_downgrade can do that (a read attempt on one's own write lock blocks forever,
+    /// a trylock of it fails), and munmap does it on every call. True if it was kept too.
+    #[inline(always)]
+    pub fn keep_downgrade(&self, mm: u64) -> bool {
+        let s = self.0;
+        unsafe {
+            if (*s).pend_mm != mm || (*s).pend_flags as u16 & flag::WRITE == 0 || (*s).down_ts != 0 {
+                return false;
+            }
+            (*s).down_ts = bpf_ktime_get_ns();
+            (*s).down_cpu = bpf_get_smp_processor_id();
+        }
+        true
+    }
+
+    /// Takes the kept acquire, if any, to be sent ahead of another event.
+    #[inline(always)]
+    pub fn take_kept(&self) -> Option<Kept> {
+        let s = self.0;
+        unsafe {
+            let mm = (*s).pend_mm;
+            if mm == 0 {
+                return None;
+            }
+            (*s).pend_mm = 0;
+            let down = (*s).down_ts;
+            let downgrade = if down != 0 { Some((down, (*s).down_cpu)) } else { None };
+            Some(Kept { mm, flags: (*s).pend_flags as u16, ts_ns: (*s).pend_ts, cpu: (*s).pend_cpu, downgrade })
+        }
+    }
+
+    /// A successful plain acquire: true if it was kept (not sent now). Only when userspace
+    /// knows the task holds no mmap_lock and has seen it take this mm before.
+    #[inline(always)]
+    pub fn keep_acquire(&self, mm: u64, flags: u16) -> bool {
+        let s = self.0;
+        unsafe {
+            if (*s).depth != 0 || (*s).pend_mm != 0 || (*s).known_mm != mm {
+                return false;
+            }
+            (*s).pend_mm = mm;
+            (*s).pend_ts = bpf_ktime_get_ns();
+            (*s).pend_cpu = bpf_get_smp_processor_id();
+            (*s).pend_flags = u32::from(flags);
+            (*s).down_ts = 0;
+        }
+        true
+    }
+
+    /// Keeps `depth` in step with what userspace was sent: an acquire or a release.
+    #[inline(always)]
+    pub fn sent(&self, acquire: bool, mm: u64, flags: u16) {
+        if acquire && flags & flag::SUCCESS == 0 {
+            return;
+        }
+        let s = self.0;
+        let write = flags & flag::WRITE != 0;
+        unsafe {
+            if acquire {
+                (*s).known_mm = mm;
+                if write {
+                    (*s).write_mm = mm;
+                } else if (*s).write_mm == mm && mm != 0 {
+                    // mmap_write_downgrade: the write hold goes on as a read hold.
+                    (*s).write_mm = 0;
+                    return;
+                }
+                (*s).depth = (*s).depth.saturating_add(1);
+            } else {
+                if write && (*s).write_mm == mm {
+                    (*s).write_mm = 0;
+                }
+                (*s).depth = (*s).depth.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The task is gone: its slot with it (after its kept acquire was sent).
+#[inline(always)]
+pub fn forget() {
+    let _ = FOLD.remove(&tid());
+}
