@@ -72,6 +72,9 @@ enum Cmd {
         /// Run the ratios in this test kernel's guest (e.g. debian-7.2) instead of on the host.
         #[arg(long)]
         guest: Option<String>,
+        /// Seconds of each dashboard-under-load run (`watch --all-events` over mmap and mprotect, keys timed; 0 skips it).
+        #[arg(long, default_value_t = 10.0)]
+        dashboard_seconds: f64,
     },
     /// Test kernels under QEMU.
     Vm {
@@ -118,7 +121,7 @@ fn main() {
         Cmd::Test { host_only, kernels, args } => {
             setup::ensure_all().and_then(|()| test::run(&args, (!host_only).then_some(kernels.as_slice())))
         }
-        Cmd::Bench { benches, configs, repeats, seconds, no_profile, rss_seconds, replay_seconds, results, guest } => {
+        Cmd::Bench { benches, configs, repeats, seconds, no_profile, rss_seconds, replay_seconds, results, guest, dashboard_seconds } => {
             let argv = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
             let o = bench::Options {
                 benches: if benches.is_empty() { bench::BENCHES.iter().map(|b| b.to_string()).collect() } else { benches },
@@ -130,6 +133,7 @@ fn main() {
                 replay_seconds,
                 results,
                 guest,
+                dashboard_seconds,
             };
             setup::ensure_all().and_then(|()| bench::run(&o, &argv))
         }

@@ -6,6 +6,7 @@
 //!
 //! A benchmark, not a test: it asserts nothing; it reports, with the machine's load beside it.
 
+mod dashboard;
 mod guest;
 mod micro;
 mod model;
@@ -45,6 +46,8 @@ pub struct Options {
     /// Run the ratios in this test guest instead of on the host (`vmalock-bench-load` and
     /// vmalock only; no bpftrace there).
     pub guest: Option<String>,
+    /// Seconds of each dashboard-under-load run (mmap and mprotect with every event; 0: skip).
+    pub dashboard_seconds: f64,
 }
 
 pub fn out_dir() -> PathBuf {
@@ -85,6 +88,12 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
     };
     let replay = (o.replay_seconds > 0.0).then(|| model::replay(&bins, o.replay_seconds, 3)).transpose()?;
     let rss = (o.rss_seconds > 0).then(|| model::rss(&bins, o.rss_seconds)).transpose()?;
+    let mut dash = Vec::new();
+    if o.dashboard_seconds > 0.0 {
+        for b in o.benches.iter().filter(|b| ["mmap", "mprotect"].contains(&b.as_str())) {
+            dash.push(dashboard::run(&bins, b, o.dashboard_seconds)?);
+        }
+    }
     let load_after = report::uptime();
 
     let r = report::Report {
@@ -100,6 +109,7 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
         profiles,
         replay,
         rss,
+        dashboard: dash,
     };
     write(o, &r, "results")
 }
@@ -140,6 +150,7 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
         profiles: Vec::new(),
         replay: None,
         rss: None,
+        dashboard: Vec::new(),
     };
     write(o, &r, &format!("guest-{kernel}"))
 }

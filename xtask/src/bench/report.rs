@@ -28,6 +28,8 @@ pub struct Report {
     pub profiles: Vec<Profile>,
     pub replay: Option<Replay>,
     pub rss: Option<Rss>,
+    /// The dashboard fed at these benches' event rates.
+    pub dashboard: Vec<super::dashboard::DashRun>,
 }
 
 #[derive(Serialize)]
@@ -122,6 +124,7 @@ pub fn markdown(r: &Report) -> String {
             rp.recorded_with
         );
     }
+    super::dashboard::markdown(&r.dashboard, &mut s);
     if let Some(m) = &r.rss {
         let _ = writeln!(
             s,
