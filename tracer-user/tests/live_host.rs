@@ -242,8 +242,9 @@ fn default_run_sends_only_what_the_rules_need() {
     let hits = stderr.lines().find(|l| l.contains("hook hits:")).unwrap();
     let skipped = stderr.lines().any(|l| l.contains("not attached: mmap_lock_start_locking"));
     assert!(skipped != hits.contains("mmap_lock_start_locking"), "{stderr}");
-    // Balanced pairs stay in the kernel: the workload's mmap/munmap rounds send far fewer
-    // acquires than they make, and the summary counts what was folded.
+    // Balanced pairs stay in the kernel, and the summary counts what was folded. With only the
+    // mmap_lock hooks (this host) nearly every pair folds; where VMA hooks fire inside holds
+    // (vma_start_write under mmap_write_lock), those holds are sent with the events in them.
     let folded: u64 = stderr
         .lines()
         .find_map(|l| l.split("folded in the kernel").nth(1))
@@ -251,7 +252,10 @@ fn default_run_sends_only_what_the_rules_need() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no folded-pairs line: {stderr}"));
     let acquires = evs.iter().filter(|e| e["kind"] == "mmap_lock_acquired").count() as u64;
-    assert!(folded > acquires, "folded {folded} pairs, sent {acquires} acquires");
+    assert!(folded > 0, "nothing folded: {stderr}");
+    if stderr.contains("function hooks: none") {
+        assert!(folded > acquires, "folded {folded} pairs, sent {acquires} acquires");
+    }
 }
 
 /// A default run folds a pair whole or not at all, and a clean workload stays clean. (That a
