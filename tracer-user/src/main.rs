@@ -156,6 +156,7 @@ fn also_export(trace: &std::path::Path, format: export::Format) -> Result<ExitCo
     let out = trace.with_extension(match format {
         export::Format::Chrome => "chrome.json",
         export::Format::Jsonl => "scrubbed.jsonl",
+        export::Format::Perfetto => "perfetto-trace",
     });
     export_file(trace, format, Some(&out), false)
 }
@@ -212,10 +213,14 @@ fn export_file(file: &std::path::Path, format: export::Format, output: Option<&s
     eprintln!(
         "vmalock: exported {} events{} from {} to {}{}",
         done.events,
-        if format == export::Format::Chrome { format!(" and {} violation(s)", done.violations) } else { String::new() },
+        if format != export::Format::Jsonl { format!(" and {} violation(s)", done.violations) } else { String::new() },
         file.display(),
         output.map_or("standard output".into(), |o| o.display().to_string()),
-        if format == export::Format::Chrome { " (open it in ui.perfetto.dev or chrome://tracing)" } else { "" },
+        match format {
+            export::Format::Chrome => " (open it in ui.perfetto.dev or chrome://tracing)",
+            export::Format::Perfetto => " (open it in ui.perfetto.dev or trace_processor)",
+            export::Format::Jsonl => "",
+        },
     );
     Ok(ExitCode::SUCCESS)
 }

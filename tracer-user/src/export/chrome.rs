@@ -30,8 +30,14 @@ struct Open {
     args: Value,
 }
 
+/// Where the built events go: Chrome JSON text, or Perfetto protobuf packets.
+enum Sink<W: Write> {
+    Json(W),
+    Proto(super::perfetto::ProtoSink<W>),
+}
+
 pub struct ChromeWriter<W: Write> {
-    out: W,
+    out: Sink<W>,
     ptrs: Pseudonyms,
     /// Timestamps are µs since this CLOCK_MONOTONIC instant (the recording's start).
     base_ns: u64,
@@ -51,7 +57,17 @@ const MAX_DEPTH: usize = 16;
 impl<W: Write> ChromeWriter<W> {
     pub fn new(mut out: W, header: &Header, ptrs: Pseudonyms) -> io::Result<Self> {
         out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
-        Ok(ChromeWriter {
+        Ok(Self::with_sink(Sink::Json(out), header, ptrs))
+    }
+
+    /// The same events as Perfetto protobuf (`vmalock export -f perfetto`).
+    pub fn perfetto(out: W, header: &Header, ptrs: Pseudonyms) -> io::Result<Self> {
+        let sink = super::perfetto::ProtoSink::new(out, header.monotonic_start_ns);
+        Ok(Self::with_sink(Sink::Proto(sink), header, ptrs))
+    }
+
+    fn with_sink(out: Sink<W>, header: &Header, ptrs: Pseudonyms) -> Self {
+        ChromeWriter {
             out,
             ptrs,
             base_ns: header.monotonic_start_ns,
@@ -61,7 +77,7 @@ impl<W: Write> ChromeWriter<W> {
             open: HashMap::new(),
             flows: 0,
             loss_epoch: 0,
-        })
+        }
     }
 
     /// µs with ns precision, as the format wants.
@@ -70,11 +86,16 @@ impl<W: Write> ChromeWriter<W> {
     }
 
     fn emit(&mut self, v: Value) -> io::Result<()> {
-        if self.any_written {
-            self.out.write_all(b",\n")?;
+        match &mut self.out {
+            Sink::Json(out) => {
+                if self.any_written {
+                    out.write_all(b",\n")?;
+                }
+                self.any_written = true;
+                serde_json::to_writer(out, &v)?;
+            }
+            Sink::Proto(p) => p.event(&v)?,
         }
-        self.any_written = true;
-        serde_json::to_writer(&mut self.out, &v)?;
         Ok(())
     }
 
@@ -244,8 +265,13 @@ impl<W: Write> ChromeWriter<W> {
             "pointers": if self.ptrs.is_raw() { "raw kernel addresses" } else { "per-trace pseudonyms (order of first appearance)" },
             "lost_events": footer.map(|f| f.lost_events),
         });
-        write!(self.out, "\n],\"otherData\":{other}}}\n")?;
-        self.out.flush()?;
-        Ok(self.out)
+        match self.out {
+            Sink::Json(mut out) => {
+                write!(out, "\n],\"otherData\":{other}}}\n")?;
+                out.flush()?;
+                Ok(out)
+            }
+            Sink::Proto(p) => p.finish(&other, end),
+        }
     }
 }

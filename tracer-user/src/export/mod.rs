@@ -4,8 +4,10 @@
 //! - `jsonl`: the vmalock trace itself with pointers scrubbed: for jq, and still replayable by
 //!   `vmalock check` (same verdicts, since the model only compares addresses for equality).
 //! - `chrome`: Chrome Trace Event JSON for ui.perfetto.dev and chrome://tracing.
+//! - `perfetto`: the same events as Perfetto's protobuf trace (TrackEvent packets).
 
 mod chrome;
+mod perfetto;
 pub mod order;
 pub mod pointers;
 
@@ -28,6 +30,8 @@ pub enum Format {
     Jsonl,
     /// Chrome Trace Event JSON: open it in ui.perfetto.dev or chrome://tracing.
     Chrome,
+    /// Perfetto protobuf (TrackEvent packets): open it in ui.perfetto.dev or trace_processor.
+    Perfetto,
 }
 
 impl Format {
@@ -36,6 +40,7 @@ impl Format {
         match self {
             Format::Jsonl => "jsonl",
             Format::Chrome => "json",
+            Format::Perfetto => "perfetto-trace",
         }
     }
 }
@@ -74,8 +79,12 @@ pub fn export_with<R: BufRead, W: Write>(input: R, out: W, format: Format, raw_p
             footer.events = done.events;
             w.finish(footer)?.flush()?;
         }
-        Format::Chrome => {
-            let mut w = ChromeWriter::new(out, &header, ptrs)?;
+        Format::Chrome | Format::Perfetto => {
+            let mut w = if format == Format::Chrome {
+                ChromeWriter::new(out, &header, ptrs)?
+            } else {
+                ChromeWriter::perfetto(out, &header, ptrs)?
+            };
             let mut model = Model::new();
             let (mut verdicts, mut flows) = (Vec::new(), Vec::new());
             for ev in reader.by_ref() {

@@ -179,3 +179,151 @@ fn missing_releases_and_losses_keep_slices_bounded() {
     assert!(events.len() < 5_000 * 3, "{} events", events.len());
     assert!(events.iter().any(|e| e["cat"] == "loss"));
 }
+
+/// A protobuf field as read back: (field number, varint / fixed64 value, or bytes).
+#[derive(Debug, Clone)]
+enum Pb {
+    Int(u64),
+    Bytes(Vec<u8>),
+}
+
+/// Decodes one message's fields; panics on anything malformed (a truncated varint or length,
+/// an unknown wire type), which is what a reader like trace_processor would reject.
+fn decode(mut b: &[u8]) -> Vec<(u32, Pb)> {
+    fn varint(b: &mut &[u8]) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let (&byte, rest) = b.split_first().expect("truncated varint");
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return v;
+            }
+            shift += 7;
+            assert!(shift < 64, "varint too long");
+        }
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b);
+        let (field, wire) = ((key >> 3) as u32, key & 7);
+        let val = match wire {
+            0 => Pb::Int(varint(&mut b)),
+            1 => {
+                let (v, rest) = b.split_at(8);
+                b = rest;
+                Pb::Int(u64::from_le_bytes(v.try_into().unwrap()))
+            }
+            2 => {
+                let len = varint(&mut b) as usize;
+                assert!(len <= b.len(), "length past the end");
+                let (v, rest) = b.split_at(len);
+                b = rest;
+                Pb::Bytes(v.to_vec())
+            }
+            w => panic!("unexpected wire type {w}"),
+        };
+        out.push((field, val));
+    }
+    out
+}
+
+fn get(m: &[(u32, Pb)], f: u32) -> Option<&Pb> {
+    m.iter().find(|(n, _)| *n == f).map(|(_, v)| v)
+}
+fn get_int(m: &[(u32, Pb)], f: u32) -> Option<u64> {
+    match get(m, f)? {
+        Pb::Int(v) => Some(*v),
+        Pb::Bytes(_) => None,
+    }
+}
+fn get_str(m: &[(u32, Pb)], f: u32) -> Option<String> {
+    match get(m, f)? {
+        Pb::Bytes(b) => Some(String::from_utf8(b.clone()).expect("UTF-8 string field")),
+        Pb::Int(_) => None,
+    }
+}
+fn get_msg(m: &[(u32, Pb)], f: u32) -> Option<Vec<(u32, Pb)>> {
+    match get(m, f)? {
+        Pb::Bytes(b) => Some(decode(b)),
+        Pb::Int(_) => None,
+    }
+}
+
+/// The Perfetto export read back by field number: every packet a TracePacket of the Trace,
+/// every track event on a described track with a timestamp and the trusted sequence, slices
+/// balanced per track, flows begun and terminated once each, and the same slices, violations
+/// and flows as the Chrome export of the same trace.
+#[test]
+fn perfetto_export_is_well_formed_and_matches_the_chrome_export() {
+    use super::perfetto::{event_type as ty, field as f};
+    let mut out = Vec::new();
+    let done = export(FIXTURE.as_bytes(), &mut out, Format::Perfetto, false).unwrap();
+    assert_eq!(done.violations, 4);
+    let mut described = std::collections::HashSet::new();
+    let (mut open, mut begins): (HashMap<u64, usize>, usize) = (HashMap::new(), 0);
+    let (mut flow_starts, mut flow_ends) = (BTreeMap::new(), BTreeMap::new());
+    let mut violations = 0;
+    let mut threads_named = 0;
+    for (field, packet) in decode(&out) {
+        assert_eq!(field, f::TRACE_PACKET, "Trace has only packets");
+        let Pb::Bytes(packet) = packet else { panic!("a packet is a message") };
+        let p = decode(&packet);
+        if let Some(d) = get_msg(&p, f::PACKET_TRACK_DESCRIPTOR) {
+            let uuid = get_int(&d, f::TRACK_UUID).expect("a track has a uuid");
+            assert!(described.insert(uuid), "track {uuid} described twice");
+            if let Some(th) = get_msg(&d, f::TRACK_THREAD) {
+                assert!(get_int(&th, f::THREAD_PID).is_some() && get_int(&th, f::THREAD_TID).is_some());
+                threads_named += usize::from(get_str(&th, f::THREAD_NAME).is_some());
+            }
+            continue;
+        }
+        let e = get_msg(&p, f::PACKET_TRACK_EVENT).expect("a packet is a track descriptor or a track event");
+        assert!(get_int(&p, f::PACKET_TIMESTAMP).is_some(), "event without timestamp");
+        assert_eq!(get_int(&p, f::PACKET_SEQUENCE_ID), Some(1));
+        let track = get_int(&e, f::EVENT_TRACK_UUID).expect("event without track");
+        assert!(described.contains(&track), "event on track {track} before its descriptor");
+        let name = get_str(&e, f::EVENT_NAME).unwrap_or_default();
+        match get_int(&e, f::EVENT_TYPE).expect("event without type") {
+            ty::SLICE_BEGIN => {
+                *open.entry(track).or_default() += 1;
+                begins += 1;
+            }
+            ty::SLICE_END => {
+                let n = open.get_mut(&track).filter(|n| **n > 0).expect("END without BEGIN on its track");
+                *n -= 1;
+            }
+            ty::INSTANT => violations += usize::from(name.starts_with("VIOLATION ")),
+            t => panic!("unexpected event type {t}"),
+        }
+        for (n, v) in &e {
+            match (*n, v) {
+                (f::EVENT_FLOW_IDS, Pb::Int(id)) => *flow_starts.entry(*id).or_insert(0) += 1,
+                (f::EVENT_TERMINATING_FLOW_IDS, Pb::Int(id)) => *flow_ends.entry(*id).or_insert(0) += 1,
+                (f::EVENT_DEBUG_ANNOTATIONS, Pb::Bytes(a)) => {
+                    assert!(get_str(&decode(a), f::ANNOTATION_NAME).is_some(), "annotation without a name")
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(open.values().all(|n| *n == 0), "slices left open: {open:?}");
+    assert!(threads_named > 0);
+    assert_eq!(flow_starts.keys().collect::<Vec<_>>(), flow_ends.keys().collect::<Vec<_>>(), "every flow begins and ends");
+    assert!(flow_starts.values().chain(flow_ends.values()).all(|n| *n == 1));
+
+    // The same content as the Chrome export.
+    let chrome = chrome(false);
+    let events = chrome["traceEvents"].as_array().unwrap();
+    let count = |ph: &str| events.iter().filter(|e| e["ph"] == ph).count();
+    assert_eq!(begins, count("B"));
+    assert_eq!(flow_starts.len(), count("s"));
+    let chrome_violations = events.iter().filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("VIOLATION "))).count();
+    assert_eq!(violations, chrome_violations);
+    assert_eq!(violations, 4);
+    // Pointers are scrubbed here too.
+    let text = String::from_utf8_lossy(&out);
+    for raw in RAW {
+        assert!(!text.contains(raw), "{raw} leaked into the Perfetto export");
+    }
+}
