@@ -67,6 +67,10 @@ pub mod lock_class {
     pub const ANON_VMA: u64 = 2;
     /// `vma->vm_file->f_inode->i_rwsem`.
     pub const I_RWSEM: u64 = 3;
+    /// `vma->vm_lock->lock` where vma_start_write is inline (6.4-6.12): its down_write is the
+    /// VMA write lock being taken (include/linux/mm.h vma_start_write), sent as VMA_WRITE_LOCK.
+    /// Not a lock-order class of its own: the write lock is taken and dropped at once.
+    pub const VMA_WRITE: u64 = 4;
 }
 
 /// Which function a page walk or new-VMA event came from (`RawEvent::args[1]` of PAGEWALK,

@@ -5,6 +5,7 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
+    Global,
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
@@ -21,6 +22,15 @@ use crate::{
 /// rwsem address → [`lock_class`]. LRU: addresses of freed mappings and anon_vmas age out.
 #[map]
 pub static LOCK_CLASS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// `vma->vm_lock->lock` → vma, for [`lock_class::VMA_WRITE`] rwsems.
+#[map]
+static VM_LOCK_VMA: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Non-zero where vma_start_write is inline and its rwsem is `vma->vm_lock->lock` (6.4-6.12,
+/// no `__vma_start_write`): set by the loader.
+#[unsafe(no_mangle)]
+static VM_LOCK_WRITES: Global<u32> = Global::new(0);
 
 /// A watched rwsem a task passed to down_*_trylock, for the kretprobe (which has no arguments).
 #[map]
@@ -65,6 +75,13 @@ pub fn learn(vma: u64) {
         return;
     }
     let l = layout();
+    if VM_LOCK_WRITES.load() != 0 && l.known & layout::VMA_VM_LOCK != 0 {
+        if let Some(lock) = read::<u64>(vma, l.vma_vm_lock).filter(|p| *p != 0) {
+            let sem = lock + l.vma_lock_rwsem as u64;
+            let _ = VM_LOCK_VMA.insert(&sem, &vma, 0);
+            let _ = LOCK_CLASS.insert(&sem, &lock_class::VMA_WRITE, 0);
+        }
+    }
     if l.known & layout::LOCK_FILE != 0 {
         if let Some(file) = read::<u64>(vma, l.vma_file).filter(|f| *f != 0) {
             if let Some(mapping) = read::<u64>(file, l.file_mapping).filter(|m| *m != 0) {
@@ -86,6 +103,12 @@ pub fn learn(vma: u64) {
 #[inline(always)]
 fn class_of(sem: u64) -> Option<u64> {
     unsafe { LOCK_CLASS.get(&sem) }.copied()
+}
+
+/// A lock-order class (not the VMA write lock's rwsem, which only down_write reports).
+#[inline(always)]
+fn order_class_of(sem: u64) -> Option<u64> {
+    class_of(sem).filter(|c| *c != lock_class::VMA_WRITE)
 }
 
 #[inline(always)]
@@ -118,6 +141,14 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
         if !traced() {
             return;
         }
+        if class == lock_class::VMA_WRITE {
+            if WRITE {
+                if let Some(vma) = unsafe { VM_LOCK_VMA.get(&sem) }.copied() {
+                    crate::vma::vma_write_locking(ctx, vma);
+                }
+            }
+            return;
+        }
         held_add(true);
         send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
     }
@@ -126,7 +157,7 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
 #[inline(always)]
 fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
     let sem = ctx.arg_u64(0);
-    if let Some(class) = class_of(sem) {
+    if let Some(class) = order_class_of(sem) {
         if !traced() {
             return;
         }
@@ -145,7 +176,7 @@ pub fn forget_task_locks() {
 /// down_*_trylock entry (called from vma.rs's trylock programs): stash a watched rwsem.
 #[inline(always)]
 pub fn on_trylock_entry(sem: u64) {
-    if class_of(sem).is_some() {
+    if order_class_of(sem).is_some() {
         let _ = TRY_PENDING.insert(&tid(), &sem, 0);
     }
 }

@@ -115,8 +115,14 @@ fn on_vma_start_write<C: Args>(ctx: &C) {
     if !traced() {
         return;
     }
+    vma_write_locking(ctx, ctx.arg_u64(0));
+}
+
+/// `vma` is being write-locked by the current task (at __vma_start_write, or at the down_write
+/// of its vm_lock where vma_start_write is inline): the lock state the rule needs, with the stack.
+#[inline(always)]
+pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64) {
     let l = layout();
-    let vma = ctx.arg_u64(0);
     learn(vma);
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);

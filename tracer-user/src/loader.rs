@@ -180,11 +180,19 @@ impl Tracer {
             resolved.missing.push(("page walk lock modes", e));
         }
         let track_vma_read = u32::from(resolved.layout.known & lbits::VMA_SEQ != 0 && kbtf.has_function("lock_vma_under_rcu"));
+        // 6.4-6.12: vma_start_write is inline; its down_write of vma->vm_lock->lock is the
+        // VMA write lock being taken (include/linux/mm.h), seen through the down_write hook.
+        let vm_lock_writes = u32::from(
+            resolved.layout.known & lbits::VMA_SEQ != 0
+                && resolved.layout.known & lbits::VMA_VM_LOCK != 0
+                && !kbtf.has_function("__vma_start_write"),
+        );
         let ebpf = EbpfLoader::new()
             .override_global("OFF_TASK_START_TIME", &start_time, true)
             .override_global("TP_LAYOUT", &tp_layout, true)
             .override_global("LAYOUT", &resolved.layout, true)
             .override_global("TRACK_VMA_READ", &track_vma_read, true)
+            .override_global("VM_LOCK_WRITES", &vm_lock_writes, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
@@ -204,6 +212,15 @@ impl Tracer {
         tracer.pause()?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         tracer.attach_functions(kbtf, &btf, resolved.layout.known);
+        if vm_lock_writes != 0 {
+            let state = match tracer.attached.functions.get("down_write") {
+                Some(HookState::Attached(fam)) => {
+                    HookState::Attached(format!("inline on this kernel: its down_write of vma->vm_lock->lock, via the down_write hook ({fam})"))
+                }
+                _ => HookState::Unavailable("inline on this kernel, and the down_write hook that would see its vm_lock is not attached".into()),
+            };
+            tracer.attached.functions.insert("vma_start_write".into(), state);
+        }
         for hook in HOOKS {
             // start_locking is the hottest hook with nothing to send in a default run unless an
             // attempt can be made under a lock a rule watches (Config::watch).

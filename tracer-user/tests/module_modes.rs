@@ -210,6 +210,12 @@ fn every_breaking_vma_mode_is_reported_with_its_rule_task_mm_and_stack() {
         for block in &live {
             assert!(block.contains("  stack:") && block.contains("[vmalock_test]"), "{mode}: live verdict without a module frame in its stack:\n{block}");
         }
+        // vma_start_write is a call the hooks see wherever the rule is live: at __vma_start_write
+        // (6.13+) or, where it is inline (6.4-6.12), at its down_write of vma->vm_lock->lock.
+        // (The other modes flip a flag or take a lock no function boundary marks: snapshot only.)
+        if *mode == "vma-write-under-mmap-read" && caps["rules"][rule.as_str()].as_str().unwrap_or("").starts_with("checked live") {
+            assert!(!live.is_empty(), "{mode}: {rule} is live here, yet only snapshot verdicts:\n{}", o.explained);
+        }
         eprintln!("{mode}: {} verdict(s), {} live with module stack", o.verdicts.len(), live.len());
     }
 }

@@ -55,17 +55,18 @@ pub static RULES: &[Rule] = &[
         explanation: "A VMA may only be write-locked by a task holding its mm's mmap_lock for \
             write: vm_lock_seq is set from mm_lock_seq, which only the mmap write lock keeps \
             stable, and only mmap_write_unlock/downgrade (vma_end_write_all) releases VMA write \
-            locks. Checked at __vma_start_write (6.13+) against the mmap rwsem's owner, and by \
-            snapshot: a VMA still write-locked while the iterator holds mmap_lock for read was \
-            locked outside a write section.",
+            locks. Checked at __vma_start_write (6.13+), or where vma_start_write is inline \
+            (6.4-6.12) at its down_write of vma->vm_lock->lock, against the mmap rwsem's owner; \
+            and by snapshot: a VMA still write-locked while the iterator holds mmap_lock for \
+            read was locked outside a write section.",
         source: "include/linux/mmap_lock.h vma_start_write, __is_vma_write_locked \
             (mmap_assert_write_locked), vma_end_write_all; Documentation/mm/process_addrs.rst \
             \"To take a VMA write lock you must have already acquired an mmap_write_lock\"",
         fix: "Take mmap_write_lock (or upgrade the path to it) before calling vma_start_write or \
             any helper that write-locks a VMA (vm_flags_set/clear/mod, vma_modify_*).",
-        needs: &["fentry:__vma_start_write", "iter:task_vma"],
+        needs: &["fentry:__vma_start_write", "fentry:down_write (vm_lock, 6.4-6.12)", "iter:task_vma"],
         implemented: true,
-        live_hooks: &["__vma_start_write"],
+        live_hooks: &["__vma_start_write", "vma_start_write"],
         by_snapshot: true,
         layout: layout::VMA_SEQ,
     },
