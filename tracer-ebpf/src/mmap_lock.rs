@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
+use aya_log_ebpf::debug;
 use tracer_common::{fact, flag, kind, tp_layout, watch};
 
 use crate::{
@@ -38,7 +39,15 @@ fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, fl
             None
         }
         Some(_) if in_fault => Some(vma),
-        Some(readers) => (u64::from(readers) >= believed(vma)).then_some(vma),
+        Some(readers) => {
+            let b = believed(vma);
+            if u64::from(readers) < b {
+                // Off the hot path (a task believed to hold a VMA read lock takes mmap_lock):
+                // why a hold was not trusted, for the daemon's log.
+                debug!(ctx, "VMA read hold not trusted: {} readers on the VMA, {} holds believed on it", readers, b);
+            }
+            (u64::from(readers) >= b).then_some(vma)
+        }
     });
     match held {
         Some(vma) => {

@@ -17,7 +17,7 @@ use tracer_common::{counter, kind, layout, prepare_role, site};
 
 use crate::{
     emit::{Body, count, emit_body, stack_id, traced},
-    kernel::{layout, mmap_facts, read, vma_facts, vma_mm},
+    kernel::{layout, mmap_facts, read, vma_facts, vma_mm, vma_readers},
     locks::{learn, on_trylock_entry},
 };
 
@@ -44,6 +44,30 @@ fn believed_add(vma: u64, delta: i64) {
         // VMA is freed, which can only make a hold untrusted (no verdict) or, rarely, trusted.
         unsafe { *p = (*p).wrapping_add(delta as u64) };
     }
+}
+
+/// Resets the holds believed on `vma` to `n`.
+#[inline(always)]
+fn believed_set(vma: u64, n: u64) {
+    if let Some(p) = VMA_BELIEVED.get_ptr_mut(&vma) {
+        unsafe { *p = n };
+    }
+}
+
+/// A VMA's hold generation: bumped when more holds are believed on it than it has readers,
+/// which proves some believed holds stale (released unseen: an inline vma_end_read, or a
+/// handle_mm_fault return the kernel skipped our program for). Holds of an older generation
+/// are no longer trusted, nor counted, so one stale hold cannot blind the VMA for good.
+#[map]
+static VMA_GEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// The generation of VMA_GEN each task's hold in TASK_VMA_READ was taken in.
+#[map]
+static TASK_VMA_GEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn gen_of(vma: u64) -> u64 {
+    unsafe { VMA_GEN.get(&vma) }.copied().unwrap_or(0)
 }
 
 /// Holds believed on `vma` (at least 1 when the caller holds one).
@@ -346,6 +370,17 @@ fn on_vma_read_locked(vma: u64) {
     drop_hold(tid());
     let _ = TASK_VMA_READ.insert(&tid(), &vma, 0);
     believed_add(vma, 1);
+    let mut generation = gen_of(vma);
+    // Every hold on the VMA right now is a reader of it, ours included: believing more holds
+    // than that means some are stale. Start a new generation counting the real ones.
+    if let Some(readers) = vma_readers(&layout(), vma) {
+        if readers > 0 && u64::from(readers) < believed(vma) {
+            believed_set(vma, u64::from(readers));
+            generation += 1;
+            let _ = VMA_GEN.insert(&vma, &generation, 0);
+        }
+    }
+    let _ = TASK_VMA_GEN.insert(&tid(), &generation, 0);
 }
 
 /// Forgets task `t`'s VMA read hold, if any.
@@ -353,7 +388,13 @@ fn on_vma_read_locked(vma: u64) {
 fn drop_hold(t: u32) {
     if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
         let _ = TASK_VMA_READ.remove(&t);
-        believed_add(held & !HOLD_IN_FAULT, -1);
+        let vma = held & !HOLD_IN_FAULT;
+        let generation = unsafe { TASK_VMA_GEN.get(&t) }.copied().unwrap_or(0);
+        let _ = TASK_VMA_GEN.remove(&t);
+        // A hold of an older generation was already left out of the count.
+        if generation == gen_of(vma) {
+            believed_add(vma, -1);
+        }
     }
 }
 
@@ -485,7 +526,15 @@ pub fn took_trylock(sem: u64) -> bool {
 /// path), if the read-lock probes are attached.
 #[inline(always)]
 pub fn held_vma_read() -> Option<(u64, bool)> {
-    unsafe { TASK_VMA_READ.get(&tid()) }.copied().map(|v| (v & !HOLD_IN_FAULT, v & HOLD_IN_FAULT != 0))
+    let t = tid();
+    let v = unsafe { TASK_VMA_READ.get(&t) }.copied()?;
+    let vma = v & !HOLD_IN_FAULT;
+    // A hold from before the VMA's last reset may be one of the stale ones: not trusted.
+    let generation = unsafe { TASK_VMA_GEN.get(&t) }.copied().unwrap_or(0);
+    if generation != gen_of(vma) {
+        return None;
+    }
+    Some((vma, v & HOLD_IN_FAULT != 0))
 }
 
 /// A task that exits forgets its entry (an exit we missed is aged out by the LRU).
