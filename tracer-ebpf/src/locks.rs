@@ -144,7 +144,16 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
         if class == lock_class::VMA_WRITE {
             if WRITE {
                 if let Some(vma) = unsafe { VM_LOCK_VMA.get(&sem) }.copied() {
-                    crate::vma::vma_write_locking(ctx, vma);
+                    // The vma_lock is allocated apart from its VMA (6.4-6.12) and both are
+                    // recycled: believe the pairing only while the VMA still points at this lock.
+                    let l = layout();
+                    let lock = read::<u64>(vma, l.vma_vm_lock);
+                    if lock.is_some_and(|p| p != 0 && p + l.vma_lock_rwsem as u64 == sem) {
+                        crate::vma::vma_write_locking(ctx, vma);
+                    } else {
+                        let _ = VM_LOCK_VMA.remove(&sem);
+                        let _ = LOCK_CLASS.remove(&sem);
+                    }
                 }
             }
             return;
