@@ -100,6 +100,24 @@ pub fn learn(vma: u64) {
     }
 }
 
+/// `vma` is being freed (__vm_area_free, which frees its vma_lock too): forget the pairing
+/// before either object is recycled. Runs for every VMA freed (RCU callbacks included), so no
+/// task filter: one lookup.
+#[inline(always)]
+pub fn forget_vma(vma: u64) {
+    if VM_LOCK_WRITES.load() == 0 || vma == 0 {
+        return;
+    }
+    let l = layout();
+    if let Some(lock) = read::<u64>(vma, l.vma_vm_lock).filter(|p| *p != 0) {
+        let sem = lock + l.vma_lock_rwsem as u64;
+        if unsafe { VM_LOCK_VMA.get(&sem) }.is_some_and(|v| *v == vma) {
+            let _ = VM_LOCK_VMA.remove(&sem);
+            let _ = LOCK_CLASS.remove(&sem);
+        }
+    }
+}
+
 #[inline(always)]
 fn class_of(sem: u64) -> Option<u64> {
     unsafe { LOCK_CLASS.get(&sem) }.copied()
@@ -217,6 +235,19 @@ macro_rules! entry_programs {
             0
         }
     };
+}
+
+/// `void __vm_area_free(struct vm_area_struct *vma)` (6.4-6.12 kernel/fork.c).
+#[fentry(function = "__vm_area_free")]
+pub fn vm_area_free_fentry(ctx: FEntryContext) -> u32 {
+    forget_vma(ctx.arg_u64(0));
+    0
+}
+
+#[kprobe]
+pub fn vm_area_free_kprobe(ctx: ProbeContext) -> u32 {
+    forget_vma(ctx.arg_u64(0));
+    0
 }
 
 entry_programs!(down_read_fentry, down_read_kprobe, "down_read", on_down, false);

@@ -91,6 +91,7 @@ pub const FN_HOOKS: &[FnHook] = &[
     hook!("down_write", Entry, "down_write_fentry", Some("down_write_kprobe"), "lock-order: i_mmap_rwsem / anon_vma / i_rwsem taken for write"),
     hook!("up_read", Entry, "up_read_fentry", Some("up_read_kprobe"), "lock-order: watched rwsem released (read)"),
     hook!("up_write", Entry, "up_write_fentry", Some("up_write_kprobe"), "lock-order: watched rwsem released (write)"),
+    hook!("__vm_area_free", Entry, "vm_area_free_fentry", Some("vm_area_free_kprobe"), "VMA freed: its vm_lock is forgotten before it is recycled (6.4-6.12, inline vma_start_write)"),
     FnHook { func: "down_read_trylock", at: At::Exit, trampoline: "down_read_trylock_fexit", probe: Some("down_read_trylock_kretprobe"), role: "lock-order: trylock of a watched rwsem returned", vma_arg: None, returns_of_entry: true },
     FnHook { func: "down_write_trylock", at: At::Exit, trampoline: "down_write_trylock_fexit", probe: Some("down_write_trylock_kretprobe"), role: "lock-order: trylock of a watched rwsem returned", vma_arg: None, returns_of_entry: true },
     hook!("lock_vma_under_rcu", Exit, "lock_vma_fexit", Some("lock_vma_kretprobe"), "per-VMA read lock taken"),

@@ -213,11 +213,12 @@ impl Tracer {
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         tracer.attach_functions(kbtf, &btf, resolved.layout.known);
         if vm_lock_writes != 0 {
+            let freed = matches!(tracer.attached.functions.get("__vm_area_free"), Some(HookState::Attached(_)));
             let state = match tracer.attached.functions.get("down_write") {
-                Some(HookState::Attached(fam)) => {
+                Some(HookState::Attached(fam)) if freed => {
                     HookState::Attached(format!("inline on this kernel: its down_write of vma->vm_lock->lock, via the down_write hook ({fam})"))
                 }
-                _ => HookState::Unavailable("inline on this kernel, and the down_write hook that would see its vm_lock is not attached".into()),
+                _ => HookState::Unavailable("inline on this kernel, and the down_write and __vm_area_free hooks that would see its vm_lock are not both attached".into()),
             };
             tracer.attached.functions.insert("vma_start_write".into(), state);
         }
@@ -262,6 +263,8 @@ impl Tracer {
             "down_read" | "down_write" | "up_read" | "up_write" => {
                 has(lbits::VMA_SEQ) && (has(lbits::LOCK_FILE) || has(lbits::LOCK_ANON))
             }
+            // Only where vma_start_write is inline and seen through its vm_lock's down_write.
+            "__vm_area_free" => has(lbits::VMA_SEQ) && has(lbits::VMA_VM_LOCK) && !kbtf.has_function("__vma_start_write"),
             // Shared with the VMA rules (trylock under a per-VMA read lock).
             "down_read_trylock" | "down_write_trylock" => has(lbits::VMA_SEQ),
             _ => has(lbits::VMA_SEQ),
