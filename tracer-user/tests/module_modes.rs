@@ -151,11 +151,6 @@ fn every_legal_twin_yields_no_verdict() {
 /// loud skip by its own test, never counted as checked.
 const NOT_OBSERVABLE: &[(&str, &str, &str)] = &[
     (
-        "mmap-under-vma-read",
-        "no-mmap-under-vma-read",
-        "a per-VMA read lock taken outside the fault path is released by the inline vma_end_read, and      the kernel itself takes mmap_lock right after such a release (mm/madvise.c try_vma_read_lock):      this hold is only believed while the VMA's reader count covers every hold believed on it,      and that count is not reliable yet (see the issue note); the fault-path twin      fault-mmap-under-vma-read is checked",
-    ),
-    (
         "mmap-then-i_rwsem",
         "lock-order",
         "the lock is the debugfs trigger inode's i_rwsem, and vmalock learns i_rwsem addresses only from the files VMAs map: no VMA of the process maps the trigger file in this mode",
