@@ -151,6 +151,12 @@ struct Hook {
     name: &'static str,
 }
 
+/// 6.4-6.12: per-VMA locks with a separate `vma->vm_lock` and no out-of-line
+/// `__vma_start_write`, so the VMA write lock is seen at its vm_lock's down_write.
+fn vma_start_write_is_inline(kbtf: &KernelBtf, known: u32) -> bool {
+    known & lbits::VMA_SEQ != 0 && known & lbits::VMA_VM_LOCK != 0 && !kbtf.has_function("__vma_start_write")
+}
+
 const HOOKS: &[Hook] = &[
     Hook { btf_prog: "btf_mmap_start", btf_prog_memcg: "btf_mmap_start_memcg", tp_prog: "tp_mmap_start", category: "mmap_lock", name: "mmap_lock_start_locking" },
     Hook { btf_prog: "btf_mmap_acquired", btf_prog_memcg: "btf_mmap_acquired_memcg", tp_prog: "tp_mmap_acquired", category: "mmap_lock", name: "mmap_lock_acquire_returned" },
@@ -182,11 +188,7 @@ impl Tracer {
         let track_vma_read = u32::from(resolved.layout.known & lbits::VMA_SEQ != 0 && kbtf.has_function("lock_vma_under_rcu"));
         // 6.4-6.12: vma_start_write is inline; its down_write of vma->vm_lock->lock is the
         // VMA write lock being taken (include/linux/mm.h), seen through the down_write hook.
-        let vm_lock_writes = u32::from(
-            resolved.layout.known & lbits::VMA_SEQ != 0
-                && resolved.layout.known & lbits::VMA_VM_LOCK != 0
-                && !kbtf.has_function("__vma_start_write"),
-        );
+        let vm_lock_writes = u32::from(vma_start_write_is_inline(kbtf, resolved.layout.known));
         let ebpf = EbpfLoader::new()
             .override_global("OFF_TASK_START_TIME", &start_time, true)
             .override_global("TP_LAYOUT", &tp_layout, true)
@@ -264,7 +266,7 @@ impl Tracer {
                 has(lbits::VMA_SEQ) && (has(lbits::LOCK_FILE) || has(lbits::LOCK_ANON))
             }
             // Only where vma_start_write is inline and seen through its vm_lock's down_write.
-            "__vm_area_free" => has(lbits::VMA_SEQ) && has(lbits::VMA_VM_LOCK) && !kbtf.has_function("__vma_start_write"),
+            "__vm_area_free" => vma_start_write_is_inline(kbtf, known),
             // Shared with the VMA rules (trylock under a per-VMA read lock).
             "down_read_trylock" | "down_write_trylock" => has(lbits::VMA_SEQ),
             _ => has(lbits::VMA_SEQ),
