@@ -47,6 +47,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde::Serialize;
 
+use super::fasthash::{FastMap, FastSet};
 use super::rules::{LOCK_ORDER, NO_MMAP_UNDER_VMA_READ};
 use super::verdict::{TaskRef, Verdict};
 use crate::event::{Event, LockClass, What};
@@ -188,13 +189,13 @@ pub struct ChainLink {
 
 #[derive(Debug, Default)]
 pub(crate) struct LockOrder {
-    tasks: HashMap<u32, Vec<Held>>,
+    tasks: FastMap<u32, Vec<Held>>,
     /// mmap_lock attempts started but not returned, by task: (mm, write, edges already added).
-    pending: HashMap<u32, (u64, bool, bool)>,
+    pending: FastMap<u32, (u64, bool, bool)>,
     edges: Vec<Edge>,
-    index: HashMap<(Key, Key), usize>,
-    out_edges: HashMap<Key, Vec<usize>>,
-    chains: HashSet<u64>,
+    index: FastMap<(Key, Key), usize>,
+    out_edges: FastMap<Key, Vec<usize>>,
+    chains: FastSet<u64>,
     pub(crate) chain_hits: u64,
     pub(crate) too_deep: u64,
     cycles: Vec<Cycle>,

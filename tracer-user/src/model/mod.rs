@@ -3,13 +3,16 @@
 //! Pure on purpose — no aya, no async, no I/O — so a live run and `vmalock check` of its
 //! recording feed the same events through the same code and reach the same verdicts.
 
+mod fasthash;
 mod lockorder;
 mod mmap_lock;
 mod rules;
 mod verdict;
 mod vma;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use fasthash::FastMap;
 
 use serde::Serialize;
 
@@ -23,8 +26,8 @@ pub use verdict::{TaskRef, Verdict};
 /// Counters for summaries and for judging how much the verdicts can be trusted.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
-    /// Events seen, by kind name (`crate::event::kind_name`).
-    pub events: BTreeMap<&'static str, u64>,
+    /// Events seen, by kind.
+    pub events: KindCounts,
     /// Events the kernel dropped (ring buffer full), as reported by later events.
     pub lost_events: u64,
     /// Hook hits the kernel skipped (BPF recursion protection), from `Missed` markers.
@@ -45,13 +48,45 @@ pub struct Stats {
     pub tasks_tracked: usize,
 }
 
+/// Events seen, by kind: a short list scanned by kind number, because a map keyed by name cost a
+/// visible share of a replay when updated on every event. Reads and serializes as a map of
+/// `crate::event::kind_name` → count, ordered by name.
+#[derive(Debug, Default, Clone)]
+pub struct KindCounts(Vec<(u16, u64)>);
+
+impl KindCounts {
+    fn count(&mut self, kind: u16) {
+        match self.0.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((kind, 1)),
+        }
+    }
+
+    /// (kind name, count), ordered by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + use<> {
+        let by_name: BTreeMap<&'static str, u64> = self.0.iter().map(|&(k, n)| (kind_name(k), n)).collect();
+        by_name.into_iter()
+    }
+
+    /// The count of the kind named `name` (0 if none was seen).
+    pub fn get(&self, name: &str) -> u64 {
+        self.0.iter().filter(|(k, _)| kind_name(*k) == name).map(|(_, n)| n).sum()
+    }
+}
+
+impl Serialize for KindCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Model {
     mmap_locks: mmap_lock::MmapLocks,
     vma_rules: vma::VmaRules,
     lock_order: lockorder::LockOrder,
     /// Kernel stacks by id, from the stream's `stack` lines.
-    stacks: HashMap<u32, Vec<String>>,
+    stacks: FastMap<u32, Vec<String>>,
     stats: Stats,
     /// Events left in a stretch where the kernel skipped hook hits (see `What::Missed`): state
     /// is rebuilt there but nothing is judged, and it is forgotten again at the end.
@@ -65,7 +100,7 @@ impl Model {
 
     /// Judges one event, appending any verdicts it proves to `out`.
     pub fn apply(&mut self, ev: &Event, out: &mut Vec<Verdict>) {
-        *self.stats.events.entry(kind_name(ev.kind())).or_default() += 1;
+        self.stats.events.count(ev.kind());
         match &ev.what {
             What::Missed { count, span } => {
                 // The skipped hits lie somewhere in the next `span` events: forget now, judge

@@ -5,7 +5,7 @@
 //! Those facts decide where they are known; where they are not (a layout this kernel lacks),
 //! the mmap_lock stream decides, and only when it is certain (`Holding::Unknown` never judges).
 
-use std::collections::HashMap;
+use super::fasthash::FastMap;
 
 use super::mmap_lock::{Holding, MmapLocks, Mode};
 use super::rules::{
@@ -26,7 +26,7 @@ pub(crate) struct VmaRules {
     /// returns, because only then is it known whether it was a trylock (mmap_read_trylock
     /// traces start_locking too, and the kernel itself trylocks under the VMA lock:
     /// mm/memory.c __vmf_anon_prepare).
-    pending: HashMap<u32, Event>,
+    pending: FastMap<u32, Event>,
 }
 
 /// Does the current task hold `mm`'s mmap_lock in a mode that satisfies `need`?

@@ -139,7 +139,7 @@ pub fn replay<R: BufRead>(input: R, name: &str, tick_ns: u64, mut send: impl FnM
         let (held, waiting) = Tick::locks_of(model);
         Update::Tick(Tick {
             ts_ns,
-            seen: model.stats().events.iter().map(|(k, n)| (*k, *n)).collect(),
+            seen: model.stats().events.iter().collect(),
             events_received: events,
             lost: model.stats().lost_events,
             missed: model.stats().missed_events,
