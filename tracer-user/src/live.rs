@@ -22,7 +22,7 @@ use crate::{
     observe::{Observer, PrintVerdicts, Started, TICK, Tick},
     pipeline::Pipeline,
     report::Summary,
-    trace::{Filter, Footer, Header, TraceWriter},
+    trace::{Filter, Footer, Header, TraceFormat, TraceWriter},
 };
 
 pub struct RunOptions {
@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// `-o FILE`: write a trace file.
     pub output: Option<PathBuf>,
+    /// The form of that file.
+    pub trace_format: TraceFormat,
     pub ring_bytes: u32,
     /// Send every event kind, not only what the rules need (`record`).
     pub all_events: bool,
@@ -194,7 +196,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         layout: serde_json::json!({ "task_struct.start_time": kbtf.required_offset("task_struct", "start_time")? }),
         ..Header::default()
     };
-    let writer = out.map(|w| TraceWriter::new(w, &header)).transpose().context("writing the trace header")?;
+    let writer = out.map(|w| TraceWriter::with_format(w, &header, opts.trace_format)).transpose().context("writing the trace header")?;
 
     // Watchers for the ways a run ends.
     let (child_tx, mut child_rx) = oneshot::channel::<String>();

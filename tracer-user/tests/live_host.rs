@@ -501,3 +501,58 @@ fn sigkill_loses_at_most_the_last_line_and_leaves_nothing_loaded() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_none_of_ours_loaded();
 }
+
+/// A binary recording holds the same events as JSON Lines: `check` of it and of its JSON Lines
+/// export print the same verdicts from the same event count, and it is the smaller file.
+#[test]
+fn binary_trace_checks_like_its_json_lines_export() {
+    if !can_trace("binary_trace_checks_like_its_json_lines_export") {
+        return;
+    }
+    let _g = serial();
+    let (dir, trace) = tmp("live.bin");
+    let cmd = format!("{} --threads 2 --iters 200", workload());
+    let rec = run(&["record", "--trace-format", "binary", "-c", &cmd, "-o", trace.to_str().unwrap()]);
+    assert!(rec.status.success(), "{}", String::from_utf8_lossy(&rec.stderr));
+    let jsonl = dir.path().join("export.jsonl");
+    let ex = run(&["export", "-f", "jsonl", "--raw-pointers", "-o", jsonl.to_str().unwrap(), trace.to_str().unwrap()]);
+    assert!(ex.status.success(), "{}", String::from_utf8_lossy(&ex.stderr));
+    let (b, j) = (run(&["check", trace.to_str().unwrap()]), run(&["check", jsonl.to_str().unwrap()]));
+    assert_eq!(b.status.code(), j.status.code());
+    assert_eq!(b.stdout, j.stdout, "same verdicts from both forms");
+    let count = |o: &std::process::Output| {
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        e.split("checked ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("{e}"))
+    };
+    assert!(count(&b) > 100 && count(&b) == count(&j), "{} vs {} events", count(&b), count(&j));
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&trace) < size(&jsonl), "binary {} bytes, JSON Lines {}", size(&trace), size(&jsonl));
+    // The export's footer is the recording's: it finished cleanly.
+    let last = std::fs::read_to_string(&jsonl).unwrap().lines().last().unwrap().to_string();
+    assert!(last.contains("\"type\":\"footer\"") && !last.contains("did not finish"), "{last}");
+}
+
+/// A binary recorder killed mid-write leaves a file `check` reads to its last whole record.
+#[test]
+fn sigkill_of_a_binary_recording_keeps_every_whole_record() {
+    if !can_trace("sigkill_of_a_binary_recording_keeps_every_whole_record") {
+        return;
+    }
+    let _g = serial();
+    let (_d, trace) = tmp("killed.bin");
+    let mut busy = std::process::Command::new(workload()).args(["--threads", "2", "--iters", "100000"]).spawn().unwrap();
+    let (child, _stderr) = spawn_tracing(&["record", "--trace-format", "binary", "-o", trace.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait_with_output();
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let c = run(&["check", trace.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert!(c.status.code() == Some(0) || c.status.code() == Some(1), "{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("no footer"), "{stderr}");
+    let events: u64 = stderr.split("checked ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(events > 100, "events were flushed while running: {stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_none_of_ours_loaded();
+}

@@ -13,6 +13,17 @@ pub const VERSION: u32 = 1;
 /// The clock of every `ts_ns` in the file.
 pub const CLOCK: &str = "CLOCK_MONOTONIC";
 
+/// How a trace file is written. Readers tell the two apart by the first bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceFormat {
+    /// JSON Lines: readable with jq and a text editor.
+    #[default]
+    Jsonl,
+    /// Length-prefixed binary records: about half the size and several times faster to
+    /// check; `vmalock export -f jsonl` turns it into JSON Lines.
+    Binary,
+}
+
 /// First line: how, where and when the recording was made.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {

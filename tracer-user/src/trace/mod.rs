@@ -1,14 +1,17 @@
-//! Trace files: versioned JSON Lines recordings of decoded events, for `vmalock check` to
-//! replay through the same model as the live run.
+//! Trace files: versioned recordings of decoded events, for `vmalock check` to replay through
+//! the same model as the live run.
 //!
-//! A header line, one line per event, a footer line. I/O goes only through the `Write` and
+//! A header, one record per event, a footer: as JSON Lines by default, or as binary records
+//! (`binary`) for long recordings; the reader takes either. I/O goes only through the `Write` and
 //! `BufRead` the caller hands in, so files, pipes and tests are all alike.
 
+mod binary;
+mod fastline;
 mod format;
 mod reader;
 mod writer;
 
-pub use format::{CLOCK, FORMAT, Filter, Footer, Header, Line, VERSION};
+pub use format::{CLOCK, FORMAT, Filter, Footer, Header, Line, TraceFormat, VERSION};
 pub use reader::{TraceError, TraceErrorKind, TraceReader};
 pub use writer::TraceWriter;
 

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::io::{self, BufRead, Read};
 
+use super::binary;
 use super::format::{FORMAT, Footer, Header, Line, VERSION};
 use crate::event::Event;
 
@@ -17,8 +18,10 @@ const MAX_LINE: usize = 16 << 20;
 /// What is wrong with a trace, and on which line.
 #[derive(Debug)]
 pub struct TraceError {
-    /// 1-based.
+    /// 1-based: the line of a JSON Lines trace, the record of a binary one (its header is 1).
     pub line: usize,
+    /// Whether the trace is binary, so messages say "record" instead of "line".
+    pub binary: bool,
     pub kind: TraceErrorKind,
 }
 
@@ -43,30 +46,35 @@ pub enum TraceErrorKind {
 
 impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: ", self.line)?;
+        let unit = if self.binary { "record" } else { "line" };
+        write!(f, "{unit} {}: ", self.line)?;
         match &self.kind {
             TraceErrorKind::Io(e) => write!(f, "cannot read: {e}"),
             TraceErrorKind::Empty => write!(f, "empty file: no header line"),
             TraceErrorKind::TooLong => write!(
                 f,
-                "line longer than {MAX_LINE} bytes: not a vmalock trace or corrupt"
+                "{unit} longer than {MAX_LINE} bytes: not a vmalock trace or corrupt"
             ),
-            TraceErrorKind::Malformed(msg) => write!(f, "malformed line: {msg}"),
+            TraceErrorKind::Malformed(msg) => write!(f, "malformed {unit}: {msg}"),
             TraceErrorKind::NotVmalockTrace(found) => {
                 write!(
                     f,
                     "not a vmalock trace: expected a {FORMAT:?} header, found {found}"
                 )
             }
-            TraceErrorKind::TooNew { found } => write!(
-                f,
-                "trace format version {found} is newer than the newest this vmalock reads \
-                 (version {VERSION}); upgrade vmalock to read it"
-            ),
+            TraceErrorKind::TooNew { found } => {
+                let (what, newest) =
+                    if self.binary { ("binary trace container", binary::VERSION) } else { ("trace format", VERSION) };
+                write!(
+                    f,
+                    "{what} version {found} is newer than the newest this vmalock reads \
+                     (version {newest}); upgrade vmalock to read it"
+                )
+            }
             TraceErrorKind::BeforeHeader(kind) => write!(f, "{kind} line before the header"),
             TraceErrorKind::SecondHeader => write!(f, "a second header line"),
-            TraceErrorKind::AfterFooter => write!(f, "line after the footer"),
-            TraceErrorKind::UnknownType(t) => write!(f, "unknown line type {t}"),
+            TraceErrorKind::AfterFooter => write!(f, "{unit} after the footer"),
+            TraceErrorKind::UnknownType(t) => write!(f, "unknown {unit} type {t}"),
         }
     }
 }
@@ -85,8 +93,10 @@ pub struct TraceReader<R: BufRead> {
     input: R,
     /// The current line's bytes, reused from line to line.
     buf: Vec<u8>,
-    /// 1-based number of the line in `buf`.
+    /// 1-based number of the line (record) in `buf`.
     line: usize,
+    /// A binary trace (`binary`), not JSON Lines.
+    binary: bool,
     footer: Option<Footer>,
     warnings: Vec<String>,
     /// Iteration ended: end of input, or an error was returned.
@@ -109,13 +119,21 @@ impl<R: BufRead> TraceReader<R> {
             input,
             buf: Vec::new(),
             line: 0,
+            binary: false,
             footer: None,
             warnings: Vec::new(),
             done: false,
         };
+        let first = reader.input.fill_buf().map_err(|e| TraceError { line: 1, binary: false, kind: TraceErrorKind::Io(e) })?;
+        if first.first() == Some(&binary::MAGIC[0]) {
+            reader.binary = true;
+            let header = reader.binary_header()?;
+            return Ok((header, reader));
+        }
         if let Read1::Eof = reader.read_line()? {
             return Err(TraceError {
                 line: 1,
+                binary: false,
                 kind: TraceErrorKind::Empty,
             });
         }
@@ -175,6 +193,7 @@ impl<R: BufRead> TraceReader<R> {
             .read_until(b'\n', &mut self.buf)
             .map_err(|e| TraceError {
                 line: self.line + 1,
+                binary: false,
                 kind: TraceErrorKind::Io(e),
             })?;
         if n == 0 {
@@ -196,6 +215,9 @@ impl<R: BufRead> TraceReader<R> {
 
     /// The next event, or `None` at the end; `Err` for a line that cannot be trusted.
     fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
+        if self.binary {
+            return self.next_binary_event();
+        }
         loop {
             let complete = match self.read_line()? {
                 Read1::Eof => {
@@ -208,6 +230,9 @@ impl<R: BufRead> TraceReader<R> {
             };
             if self.footer.is_some() {
                 return Err(self.error(TraceErrorKind::AfterFooter));
+            }
+            if let Some(ev) = super::fastline::event(&self.buf) {
+                return Ok(Some(ev));
             }
             match serde_json::from_slice::<Line>(&self.buf) {
                 Ok(Line::Event(ev)) => return Ok(Some(ev)),
@@ -242,6 +267,119 @@ impl<R: BufRead> TraceReader<R> {
         }
     }
 
+    /// Reads and checks a binary trace's magic, container version and header.
+    fn binary_header(&mut self) -> Result<Header, TraceError> {
+        self.line = 1;
+        let cut = |r: &Self| r.error(TraceErrorKind::Malformed("the binary trace's header is cut short".into()));
+        if self.fill(binary::MAGIC.len() + 4)? < binary::MAGIC.len() + 4 {
+            return Err(cut(self));
+        }
+        if self.buf[..binary::MAGIC.len()] != binary::MAGIC[..] {
+            return Err(self.error(TraceErrorKind::NotVmalockTrace("a binary file of another kind".into())));
+        }
+        let found = u32::from_le_bytes(self.buf[binary::MAGIC.len()..].try_into().expect("4 bytes"));
+        if found > binary::VERSION {
+            return Err(self.error(TraceErrorKind::TooNew { found }));
+        }
+        let len = match self.record_len()? {
+            Some(len) => len,
+            None => return Err(cut(self)),
+        };
+        if self.fill(len)? < len {
+            return Err(cut(self));
+        }
+        self.header()
+    }
+
+    /// The length that starts the next binary record: `None` at the end of the input, and an
+    /// error for a length no writer makes.
+    fn record_len(&mut self) -> Result<Option<usize>, TraceError> {
+        match self.fill(4)? {
+            0 => return Ok(None),
+            4 => {}
+            _ => return Err(self.error(TraceErrorKind::Malformed("cut short in a record's length".into()))),
+        }
+        let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_LINE {
+            return Err(self.error(TraceErrorKind::TooLong));
+        }
+        Ok(Some(len))
+    }
+
+    /// A binary trace's next event: records are (length, tag, body).
+    fn next_binary_event(&mut self) -> Result<Option<Event>, TraceError> {
+        loop {
+            // Nearly every record is an event lying whole in the input's buffer: decode it
+            // there, without copying it out first.
+            if self.footer.is_none()
+                && let Some((n, decoded)) = decode_buffered(&mut self.input)
+            {
+                self.input.consume(n);
+                self.line += 1;
+                return decoded.map(Some).map_err(|m| self.error(TraceErrorKind::Malformed(m)));
+            }
+            self.line += 1;
+            let len = match self.record_len() {
+                Ok(Some(len)) => len,
+                Ok(None) => {
+                    self.line -= 1;
+                    if self.footer.is_none() {
+                        self.warn_no_footer();
+                    }
+                    return Ok(None);
+                }
+                Err(TraceError { kind: TraceErrorKind::Malformed(_), .. }) => return Ok(self.cut_short()),
+                Err(e) => return Err(e),
+            };
+            if self.fill(len)? < len {
+                return Ok(self.cut_short());
+            }
+            if self.footer.is_some() {
+                return Err(self.error(TraceErrorKind::AfterFooter));
+            }
+            let Some((&tag, body)) = self.buf.split_first() else {
+                return Err(self.error(TraceErrorKind::Malformed("an empty record".into())));
+            };
+            match tag {
+                binary::tag::EVENT => {
+                    return binary::decode_event(body).map(Some).map_err(|m| self.error(TraceErrorKind::Malformed(m)));
+                }
+                binary::tag::FOOTER => {
+                    let footer = serde_json::from_slice(body)
+                        .map_err(|e| self.error(TraceErrorKind::Malformed(format!("footer: {e}"))))?;
+                    self.footer = Some(footer);
+                }
+                t => return Err(self.error(TraceErrorKind::UnknownType(format!("tag {t}")))),
+            }
+        }
+    }
+
+    /// The input ended inside a record: the recording was cut off there.
+    fn cut_short(&mut self) -> Option<Event> {
+        self.warnings.push(format!(
+            "record {}: truncated last record (the recording was cut short); ignored",
+            self.line
+        ));
+        self.warn_no_footer();
+        None
+    }
+
+    /// Reads up to `n` bytes into `buf` (fewer only at the end of the input); how many.
+    fn fill(&mut self, n: usize) -> Result<usize, TraceError> {
+        self.buf.resize(n, 0);
+        let mut got = 0;
+        while got < n {
+            match self.input.read(&mut self.buf[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.error(TraceErrorKind::Io(e))),
+            }
+        }
+        self.buf.truncate(got);
+        Ok(got)
+    }
+
     fn warn_no_footer(&mut self) {
         self.warnings.push(
             "no footer: the recording did not finish cleanly; lost-event counts unknown".into(),
@@ -251,8 +389,22 @@ impl<R: BufRead> TraceReader<R> {
     fn error(&self, kind: TraceErrorKind) -> TraceError {
         TraceError {
             line: self.line,
+            binary: self.binary,
             kind,
         }
+    }
+}
+
+/// The event record at the start of `input`'s buffer, if it lies there whole, and how many
+/// bytes it takes; anything else (another tag, a record split across reads) is left for the
+/// general path.
+fn decode_buffered<R: BufRead>(input: &mut R) -> Option<(usize, Result<Event, String>)> {
+    // An I/O error here comes up again, with its record number, on the general path.
+    let avail = input.fill_buf().ok()?;
+    let len = u32::from_le_bytes(avail.get(..4)?.try_into().expect("4 bytes")) as usize;
+    match avail.get(4..4 + len) {
+        Some([binary::tag::EVENT, body @ ..]) if len <= MAX_LINE => Some((4 + len, binary::decode_event(body))),
+        _ => None,
     }
 }
 
