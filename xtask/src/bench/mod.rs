@@ -86,7 +86,7 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
         let pc: Vec<_> = configs.iter().copied().filter(|c| *c != micro::Config::Record).collect();
         profile::run_all(&bins, &hot, &pc, o.seconds)?
     };
-    let replay = (o.replay_seconds > 0.0).then(|| model::replay(&bins, o.replay_seconds, 3)).transpose()?;
+    let replays = if o.replay_seconds > 0.0 { model::replay(&bins, o.replay_seconds, 3)? } else { Vec::new() };
     let rss = (o.rss_seconds > 0).then(|| model::rss(&bins, o.rss_seconds)).transpose()?;
     let mut dash = Vec::new();
     if o.dashboard_seconds > 0.0 {
@@ -107,7 +107,7 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
         rows: report::rows(&runs, &o.benches, &configs),
         runs,
         profiles,
-        replay,
+        replays,
         rss,
         dashboard: dash,
     };
@@ -148,7 +148,7 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
         rows: report::rows(&runs, &o.benches, &configs),
         runs,
         profiles: Vec::new(),
-        replay: None,
+        replays: Vec::new(),
         rss: None,
         dashboard: Vec::new(),
     };

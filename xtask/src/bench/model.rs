@@ -14,7 +14,9 @@ use super::Bins;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Replay {
-    /// How the trace was made (the exact vmalock command).
+    /// The trace file's form: "binary" or "jsonl".
+    pub format: String,
+    /// How the trace was made (the exact vmalock commands).
     pub recorded_with: String,
     pub trace_bytes: u64,
     pub events: u64,
@@ -26,23 +28,45 @@ pub struct Replay {
 }
 
 /// Records `seconds` of the mmap/munmap bench with every event (the densest stream the benches
-/// make), then replays it with `vmalock check` pinned to CPU 0, `repeats` times; keeps the
-/// fastest replay (the one least disturbed by other load).
-pub fn replay(bins: &Bins, seconds: f64, repeats: usize) -> Result<Replay> {
-    let trace = super::out_dir().join("replay.trace");
+/// make) as a binary trace, exports the same events as JSON Lines, then replays each with
+/// `vmalock check` pinned to CPU 0, `repeats` times; keeps each form's fastest replay (the one
+/// least disturbed by other load).
+pub fn replay(bins: &Bins, seconds: f64, repeats: usize) -> Result<Vec<Replay>> {
+    let binary = super::out_dir().join("replay.trace");
+    let jsonl = super::out_dir().join("replay.jsonl");
     let load = format!("{} mmap --seconds {seconds}", bins.load.display());
     let mut rec = Command::new(&bins.vmalock);
-    rec.args(["record", "-o"]).arg(&trace).args(["-c", &load]);
-    let recorded_with = format!("vmalock record -o {} -c '{load}'", trace.display());
+    rec.args(["record", "--trace-format", "binary", "-o"]).arg(&binary).args(["-c", &load]);
     let out = rec.output().context("recording the replay trace")?;
     if !out.status.success() {
         bail!("recording the replay trace failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let trace_bytes = std::fs::metadata(&trace)?.len();
+    let mut export = Command::new(&bins.vmalock);
+    export.args(["export", "-f", "jsonl", "--raw-pointers", "-o"]).arg(&jsonl).arg(&binary);
+    let out = export.output().context("exporting the replay trace as JSON Lines")?;
+    if !out.status.success() {
+        bail!("exporting the replay trace failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let recorded = format!("vmalock record --trace-format binary -o {} -c '{load}'", binary.display());
+    let forms = [
+        ("binary", &binary, recorded.clone()),
+        ("jsonl", &jsonl, format!("{recorded}; vmalock export -f jsonl --raw-pointers -o {} {}", jsonl.display(), binary.display())),
+    ];
+    let mut results = Vec::new();
+    for (format, trace, recorded_with) in forms {
+        results.push(best_replay(bins, format, trace, recorded_with, repeats)?);
+    }
+    let _ = std::fs::remove_file(&binary);
+    let _ = std::fs::remove_file(&jsonl);
+    Ok(results)
+}
+
+fn best_replay(bins: &Bins, format: &str, trace: &Path, recorded_with: String, repeats: usize) -> Result<Replay> {
+    let trace_bytes = std::fs::metadata(trace)?.len();
     let mut best: Option<Replay> = None;
     for _ in 0..repeats.max(1) {
         let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&bins.vmalock).arg("check").arg(&trace).stdout(Stdio::null()).stderr(Stdio::piped());
+        c.args(["-c", "0"]).arg(&bins.vmalock).arg("check").arg(trace).stdout(Stdio::null()).stderr(Stdio::piped());
         let (wall, cpu, status, stderr) = timed(c)?;
         // check exits 1 when the trace has violations; that is still a full replay.
         if !matches!(status, 0 | 1) {
@@ -55,6 +79,7 @@ pub fn replay(bins: &Bins, seconds: f64, repeats: usize) -> Result<Replay> {
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| anyhow!("vmalock check printed no event count: {stderr}"))?;
         let r = Replay {
+            format: format.into(),
             recorded_with: recorded_with.clone(),
             trace_bytes,
             events,
@@ -63,12 +88,14 @@ pub fn replay(bins: &Bins, seconds: f64, repeats: usize) -> Result<Replay> {
             events_per_wall_s: events as f64 / wall,
             events_per_cpu_s: events as f64 / cpu,
         };
-        println!("bench: replay of {events} events: {:.0} events/s wall, {:.0} events/s of CPU", r.events_per_wall_s, r.events_per_cpu_s);
+        println!(
+            "bench: replay of {events} events ({format}): {:.0} events/s wall, {:.0} events/s of CPU",
+            r.events_per_wall_s, r.events_per_cpu_s
+        );
         if best.as_ref().is_none_or(|b| r.events_per_cpu_s > b.events_per_cpu_s) {
             best = Some(r);
         }
     }
-    let _ = std::fs::remove_file(&trace);
     best.ok_or_else(|| anyhow!("no replay ran"))
 }
 

@@ -26,7 +26,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub runs: Vec<Run>,
     pub profiles: Vec<Profile>,
-    pub replay: Option<Replay>,
+    /// The binary trace's replay, then the same events' as JSON Lines.
+    pub replays: Vec<Replay>,
     pub rss: Option<Rss>,
     /// The dashboard fed at these benches' event rates.
     pub dashboard: Vec<super::dashboard::DashRun>,
@@ -111,10 +112,11 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
-    if let Some(rp) = &r.replay {
+    for rp in &r.replays {
         let _ = writeln!(
             s,
-            "\nModel replay (`vmalock check` pinned to one CPU, best of 3): {} events ({:.1} MB) in {:.2} s wall / {:.2} s CPU = **{:.2} M events/s wall, {:.2} M events/s per CPU-second**. Trace: `{}`.",
+            "\nModel replay of a {} trace (`vmalock check` pinned to one CPU, best of 3): {} events ({:.1} MB) in {:.2} s wall / {:.2} s CPU = **{:.2} M events/s wall, {:.2} M events/s per CPU-second**. Trace: `{}`.",
+            rp.format,
             rp.events,
             rp.trace_bytes as f64 / 1e6,
             rp.wall_secs,
@@ -198,7 +200,11 @@ fn targets(r: &Report) -> String {
     }
     line(
         "replay ≥ 5 M events/s",
-        r.replay.as_ref().map(|rp| (rp.events_per_cpu_s >= 5e6, format!("{:.2} M events/s per CPU-second", rp.events_per_cpu_s / 1e6))),
+        r.replays.iter().max_by(|a, b| a.events_per_cpu_s.total_cmp(&b.events_per_cpu_s)).map(|best| {
+            let all: Vec<String> =
+                r.replays.iter().map(|rp| format!("{} trace {:.2} M events/s per CPU-second", rp.format, rp.events_per_cpu_s / 1e6)).collect();
+            (best.events_per_cpu_s >= 5e6, all.join("; "))
+        }),
     );
     let peak = r
         .rows
