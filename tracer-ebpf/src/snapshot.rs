@@ -75,6 +75,11 @@ pub fn snapshot_task_vma(ctx: *mut core::ffi::c_void) -> i32 {
     if tid != tgid {
         return 0; // threads share the leader's mm: one pass per process
     }
+    if !traced_tgid(tgid) {
+        // Under -p/-c nothing of another process is sent or learned: skip its VMAs before any
+        // map work (the iterator still visits them; this makes each visit a few reads).
+        return 0;
+    }
     let mm = read::<u64>(vma, l.vma_mm).unwrap_or(0);
     if mm == 0 || read::<u64>(task, l.task_mm) != Some(mm) {
         return 0; // dup_mmap: the child's tree still holds the parent's VMAs
@@ -122,12 +127,10 @@ pub fn snapshot_task_vma(ctx: *mut core::ffi::c_void) -> i32 {
         _ => bits |= snap::NEW,
     }
     let _ = SNAP_SEEN.insert(&vma, &now, 0);
-    if traced_tgid(tgid) {
-        count(counter::SNAP_VISITED);
-        // Lock-order classes of VMAs no hook has shown (6.12 maps files without vma_link or
-        // __vma_start_write: a file VMA never faulted is otherwise never learned).
-        crate::locks::learn(vma);
-    }
+    count(counter::SNAP_VISITED);
+    // Lock-order classes of VMAs no hook has shown (6.12 maps files without vma_link or
+    // __vma_start_write: a file VMA never faulted is otherwise never learned).
+    crate::locks::learn(vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     let changed = snap::FLAGS_CHANGED | snap::PAGE_PROT_CHANGED | snap::UFFD_CHANGED | snap::POLICY_CHANGED;
     // A stale write lock is told once: when first seen, or when vm_lock_seq moved onto it.
