@@ -341,6 +341,9 @@ pub struct Layout {
     pub vma_anon_vma: u32,
     pub anon_vma_root: u32,
     pub anon_vma_rwsem: u32,
+    /// `madvise_behavior.vma` (6.16+: madvise_update_vma takes the VMA inside this struct, and
+    /// leaves there the VMA that vma_modify returned).
+    pub madv_vma: u32,
 }
 
 /// Bits in `Layout::known`.
@@ -364,6 +367,8 @@ pub mod layout {
     pub const LOCK_FILE: u32 = 1 << 12;
     /// anon_vma → root → rwsem.
     pub const LOCK_ANON: u32 = 1 << 13;
+    /// struct madvise_behavior's vma.
+    pub const MADV_BEHAVIOR: u32 = 1 << 14;
 }
 
 #[cfg(feature = "user")]

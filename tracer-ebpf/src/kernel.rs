@@ -44,6 +44,7 @@ pub static LAYOUT: Global<Layout> = Global::new(Layout {
     vma_anon_vma: 0,
     anon_vma_root: 0,
     anon_vma_rwsem: 0,
+    madv_vma: 0,
 });
 
 /// `include/linux/rwsem.h` / kernel/locking/rwsem.c: bit 0 of `count` is RWSEM_WRITER_LOCKED;

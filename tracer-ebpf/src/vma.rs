@@ -556,6 +556,9 @@ pub struct Protected {
     prot: u64,
     uffd: u64,
     policy: u64,
+    /// The `struct madvise_behavior *` the VMA came from (0: the VMA was an argument itself):
+    /// at the return, the VMA the modifier ended with is read from it again.
+    behavior: u64,
 }
 
 #[inline(always)]
@@ -568,7 +571,18 @@ fn protected(vma: u64) -> Protected {
         prot: opt(layout::VMA_PAGE_PROT, l.vma_page_prot),
         uffd: opt(layout::VMA_UFFD, l.vma_uffd_ctx),
         policy: opt(layout::VMA_POLICY, l.vma_policy),
+        behavior: 0,
     }
+}
+
+/// `madv_behavior->vma`, or 0 where this kernel has no struct madvise_behavior.
+#[inline(always)]
+fn behavior_vma(behavior: u64) -> u64 {
+    let l = layout();
+    if l.known & layout::MADV_BEHAVIOR == 0 || behavior == 0 {
+        return 0;
+    }
+    read::<u64>(behavior, l.madv_vma).unwrap_or(0)
 }
 
 /// (tid, site) → the VMA's fields at the modifier's entry. Keyed by site as well, because one
@@ -591,6 +605,22 @@ fn on_modify_entry<C: Args, const VMA: usize, const SITE: u64>(ctx: &C) {
     let _ = MODIFYING.insert(&modify_key(SITE), &protected(vma), 0);
 }
 
+/// [`on_modify_entry`] for a modifier that takes the VMA inside a `struct madvise_behavior *`
+/// (argument `ARG`): madvise_update_vma since 6.16.
+#[inline(always)]
+fn on_modify_entry_behavior<C: Args, const ARG: usize, const SITE: u64>(ctx: &C) {
+    if !traced() {
+        return;
+    }
+    let behavior = ctx.arg_u64(ARG);
+    let vma = behavior_vma(behavior);
+    if vma == 0 {
+        return;
+    }
+    learn(vma);
+    let _ = MODIFYING.insert(&modify_key(SITE), &Protected { behavior, ..protected(vma) }, 0);
+}
+
 /// At the return: reads the same VMA again (kretprobes have no arguments, so the pointer comes
 /// from the entry). A VMA that was write-locked for the change stays write-locked until
 /// mmap_write_unlock, which comes after the modifier returns.
@@ -599,7 +629,13 @@ fn on_modify_exit<C: EbpfContext + StackIdContext, const SITE: u64>(ctx: &C) {
     let key = modify_key(SITE);
     let Some(before) = (unsafe { MODIFYING.get(&key) }).copied() else { return };
     let _ = MODIFYING.remove(&key);
-    let after = protected(before.vma);
+    // madvise_update_vma leaves in madv_behavior->vma the VMA vma_modify returned (a split part
+    // or the merged VMA): that one carries the new flags, and must be write-locked.
+    let vma = match behavior_vma(before.behavior) {
+        0 => before.vma,
+        now => now,
+    };
+    let after = protected(vma);
     let l = layout();
     let mut changed = 0u64;
     // Bits the kernel may set without the VMA write lock (Layout::vma_unlocked_flags) are no change.
@@ -618,9 +654,9 @@ fn on_modify_exit<C: EbpfContext + StackIdContext, const SITE: u64>(ctx: &C) {
     if changed == 0 {
         return;
     }
-    let mm = vma_mm(&l, before.vma);
-    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, before.vma);
-    let body = Body { mm, vma: before.vma, args: [before.flags, after.flags, SITE | (changed << 16)], facts, stack_id: stack_id(ctx) };
+    let mm = vma_mm(&l, vma);
+    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    let body = Body { mm, vma, args: [before.flags, after.flags, SITE | (changed << 16)], facts, stack_id: stack_id(ctx) };
     emit_body(ctx, kind::VMA_MODIFIED, 0, &body);
 }
 
@@ -654,3 +690,16 @@ modifier_programs!(mlock_fixup_fentry, mlock_fixup_fexit, mlock_fixup_kprobe, ml
 modifier_programs!(mbind_range_fentry, mbind_range_fexit, mbind_range_kprobe, mbind_range_kretprobe, "mbind_range", 1, site::MBIND_RANGE);
 modifier_programs!(madvise_update_vma_fentry, madvise_update_vma_fexit, madvise_update_vma_kprobe, madvise_update_vma_kretprobe, "madvise_update_vma", 0, site::MADVISE_UPDATE_VMA);
 modifier_programs!(uffd_register_fentry, uffd_register_fexit, uffd_register_kprobe, uffd_register_kretprobe, "userfaultfd_register_range", 1, site::USERFAULTFD_REGISTER_RANGE);
+
+// 6.16+: madvise_update_vma(new_flags, madv_behavior), the VMA in madv_behavior->vma. Its
+// return half is madvise_update_vma_fexit / _kretprobe: the stash says where the VMA came from.
+#[fentry(function = "madvise_update_vma")]
+pub fn madvise_behavior_fentry(ctx: FEntryContext) -> u32 {
+    on_modify_entry_behavior::<_, 1, { site::MADVISE_UPDATE_VMA }>(&ctx);
+    0
+}
+#[kprobe]
+pub fn madvise_behavior_kprobe(ctx: ProbeContext) -> u32 {
+    on_modify_entry_behavior::<_, 1, { site::MADVISE_UPDATE_VMA }>(&ctx);
+    0
+}

@@ -28,11 +28,39 @@ pub struct FnHook {
     pub probe: Option<&'static str>,
     /// What the hook is for (capability report).
     pub role: &'static str,
-    /// The argument the programs read as a `struct vm_area_struct *`, checked against BTF.
-    pub vma_arg: Option<usize>,
+    /// Where the programs find the VMA in the arguments, checked against BTF.
+    pub vma_arg: Option<VmaArg>,
     /// The return half of an entry/return pair: reported as `func:return`, attached only where
     /// the entry half is.
     pub returns_of_entry: bool,
+}
+
+/// Where a hook's programs read the VMA.
+#[derive(Clone, Copy)]
+pub enum VmaArg {
+    /// Argument N is the `struct vm_area_struct *`.
+    Ptr(usize),
+    /// Argument N is a `struct madvise_behavior *`, whose `vma` member is the VMA.
+    InMadviseBehavior(usize),
+}
+
+impl VmaArg {
+    /// Why this kernel's prototype does not match what the programs read, if it does not.
+    fn mismatch(self, kbtf: &KernelBtf, func: &str) -> Option<String> {
+        match self {
+            VmaArg::Ptr(i) => (kbtf.param_struct(func, i).as_deref() != Some("vm_area_struct"))
+                .then(|| format!("argument {i} is not a struct vm_area_struct * on this kernel")),
+            VmaArg::InMadviseBehavior(i) => {
+                if kbtf.param_struct(func, i).as_deref() != Some("madvise_behavior") {
+                    Some(format!("argument {i} is not a struct madvise_behavior * on this kernel"))
+                } else if !matches!(kbtf.member_offset("madvise_behavior", "vma"), Ok(Some(_))) {
+                    Some("struct madvise_behavior has no member vma on this kernel".into())
+                } else {
+                    None
+                }
+            }
+        }
+    }
 }
 
 impl FnHook {
@@ -51,6 +79,9 @@ macro_rules! hook {
 /// A VMA modifier: its entry stashes the VMA's protected fields, its return compares them.
 macro_rules! modifier {
     ($func:literal, $vma:literal, $fentry:literal, $fexit:literal, $kprobe:literal, $kretprobe:literal) => {
+        modifier!($func, VmaArg::Ptr($vma), $fentry, $fexit, $kprobe, $kretprobe)
+    };
+    ($func:literal, $vma:expr, $fentry:literal, $fexit:literal, $kprobe:literal, $kretprobe:literal) => {
         [
             FnHook { func: $func, at: At::Entry, trampoline: $fentry, probe: Some($kprobe), role: "VMA modifier (entry)", vma_arg: Some($vma), returns_of_entry: false },
             FnHook { func: $func, at: At::Exit, trampoline: $fexit, probe: Some($kretprobe), role: "VMA modifier (return)", vma_arg: None, returns_of_entry: true },
@@ -58,15 +89,18 @@ macro_rules! modifier {
     };
 }
 
-/// The modifiers whose changes to a VMA's protected fields are checked at their return.
+/// The modifiers whose changes to a VMA's protected fields are checked at their return. A
+/// function may have several forms (its prototype changed between kernels): the first whose
+/// arguments match this kernel is attached.
 pub const MODIFIERS: &[[FnHook; 2]] = &[
     modifier!("mprotect_fixup", 2, "mprotect_fixup_fentry", "mprotect_fixup_fexit", "mprotect_fixup_kprobe", "mprotect_fixup_kretprobe"),
     modifier!("mlock_fixup", 1, "mlock_fixup_fentry", "mlock_fixup_fexit", "mlock_fixup_kprobe", "mlock_fixup_kretprobe"),
     modifier!("mbind_range", 1, "mbind_range_fentry", "mbind_range_fexit", "mbind_range_kprobe", "mbind_range_kretprobe"),
-    // madvise's vm_flags changes (MADV_HUGEPAGE, DONTFORK, ...). 6.x: (vma, prev, start, end,
-    // new_flags, anon_name); 7.x passes a struct madvise_behavior instead, which the argument
-    // check refuses with a reason.
+    // madvise's vm_flags changes (MADV_HUGEPAGE, DONTFORK, ...) (mm/madvise.c). Up to 6.15:
+    // (vma, prev, start, end, new_flags, anon_name). 6.16+: (new_flags, madv_behavior), the VMA
+    // in madv_behavior->vma, where the VMA vma_modify returned is left for the return half.
     modifier!("madvise_update_vma", 0, "madvise_update_vma_fentry", "madvise_update_vma_fexit", "madvise_update_vma_kprobe", "madvise_update_vma_kretprobe"),
+    modifier!("madvise_update_vma", VmaArg::InMadviseBehavior(1), "madvise_behavior_fentry", "madvise_update_vma_fexit", "madvise_behavior_kprobe", "madvise_update_vma_kretprobe"),
     // UFFDIO_REGISTER: vm_flags and vm_userfaultfd_ctx of each VMA in the range (mm/userfaultfd.c).
     modifier!("userfaultfd_register_range", 1, "uffd_register_fentry", "uffd_register_fexit", "uffd_register_kprobe", "uffd_register_kretprobe"),
 ];
@@ -84,7 +118,7 @@ pub const FN_HOOKS: &[FnHook] = &[
     hook!("vma_prepare", Entry, "vma_prepare_fentry", Some("vma_prepare_kprobe"), "VMA change (merge, split, expand)"),
     hook!("vma_link", Exit, "vma_link_fexit", None, "new VMA inserted"),
     hook!("_install_special_mapping", Exit, "install_special_fexit", Some("install_special_kretprobe"), "new VMA inserted"),
-    FnHook { func: "ksm_add_vma", at: At::Entry, trampoline: "ksm_add_vma_fentry", probe: Some("ksm_add_vma_kprobe"), role: "VMA just stored by mmap_region / do_brk_flags", vma_arg: Some(0), returns_of_entry: false },
+    FnHook { func: "ksm_add_vma", at: At::Entry, trampoline: "ksm_add_vma_fentry", probe: Some("ksm_add_vma_kprobe"), role: "VMA just stored by mmap_region / do_brk_flags", vma_arg: Some(VmaArg::Ptr(0)), returns_of_entry: false },
     hook!("down_read_trylock", Entry, "down_read_trylock_fentry", Some("down_read_trylock_kprobe"), "tells an mmap_lock trylock under a VMA read lock from a blocking lock"),
     hook!("down_write_trylock", Entry, "down_write_trylock_fentry", Some("down_write_trylock_kprobe"), "tells an mmap_lock trylock under a VMA read lock from a blocking lock"),
     hook!("down_read", Entry, "down_read_fentry", Some("down_read_kprobe"), "lock-order: i_mmap_rwsem / anon_vma / i_rwsem taken for read"),
@@ -163,10 +197,20 @@ pub fn attach_all(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf, wanted: impl Fn(
 
 /// Attaches the modifiers' entry/return pairs: a return half only where its entry is attached.
 pub fn attach_modifiers(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf) -> BTreeMap<String, HookState> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, HookState> = BTreeMap::new();
     for [entry, ret] in MODIFIERS {
-        let e = attach(ebpf, kbtf, btf, std::iter::once(entry));
+        let earlier = out.get(entry.func).cloned();
+        if matches!(earlier, Some(HookState::Attached(_))) {
+            continue; // another form of this function is attached
+        }
+        let mut e = attach(ebpf, kbtf, btf, std::iter::once(entry));
         let entry_ok = matches!(e.get(entry.func), Some(HookState::Attached(_)));
+        // No form attached yet: say why for each, so the report shows every prototype tried.
+        if let (Some(HookState::Unavailable(before)), Some(HookState::Unavailable(now))) = (&earlier, e.get_mut(entry.func))
+            && before != now
+        {
+            *now = format!("{before}; nor the other form: {now}");
+        }
         out.extend(e);
         if entry_ok {
             out.extend(attach(ebpf, kbtf, btf, std::iter::once(ret)));
@@ -178,11 +222,11 @@ pub fn attach_modifiers(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf) -> BTreeMa
 fn attach<'a>(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf, hooks: impl Iterator<Item = &'a FnHook>) -> BTreeMap<String, HookState> {
     let mut out = BTreeMap::new();
     for h in hooks {
-        let vma_arg_ok = h.vma_arg.is_none_or(|i| kbtf.param_struct(h.func, i).as_deref() == Some("vm_area_struct"));
+        let mismatch = h.vma_arg.and_then(|a| a.mismatch(kbtf, h.func));
         let state = if !kbtf.has_function(h.func) {
             HookState::Unavailable("not in this kernel's BTF (absent, renamed or inlined)".into())
-        } else if !vma_arg_ok {
-            HookState::Unavailable(format!("argument {} is not a struct vm_area_struct * on this kernel", h.vma_arg.unwrap_or(0)))
+        } else if let Some(why) = mismatch {
+            HookState::Unavailable(why)
         } else {
             let (tramp, probe) = match h.at {
                 At::Entry => ("fentry", "kprobe"),

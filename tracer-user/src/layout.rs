@@ -154,6 +154,13 @@ pub fn resolve(k: &KernelBtf) -> Resolved {
     });
     note(&mut missing, "anon_vma lock for lock-order (anon_vma, root, rwsem)", r);
 
+    // madvise_update_vma(new_flags, madv_behavior) (6.16+): the VMA is madv_behavior->vma.
+    let r = group(k, [("madvise_behavior", &["vma"][..])]).map(|[v]| {
+        l.madv_vma = v;
+        l.known |= layout::MADV_BEHAVIOR;
+    });
+    note(&mut missing, "struct madvise_behavior (6.16+; older kernels pass madvise_update_vma the VMA itself)", r);
+
     Resolved { layout: l, missing }
 }
 
@@ -170,7 +177,7 @@ mod tests {
         let r = resolve(&k);
         // Every group this machine's 6.18 has (see shared notes on its BTF); a group missing here
         // is a resolution bug, not a kernel difference.
-        for bit in [layout::TASK, layout::MMAP_RWSEM, layout::VMA_BASICS, layout::VMA_SEQ, layout::MM_SEQCOUNT, layout::VMA_REFCNT, layout::WALK, layout::LOCK_FILE, layout::LOCK_ANON] {
+        for bit in [layout::TASK, layout::MMAP_RWSEM, layout::VMA_BASICS, layout::VMA_SEQ, layout::MM_SEQCOUNT, layout::VMA_REFCNT, layout::WALK, layout::LOCK_FILE, layout::LOCK_ANON, layout::MADV_BEHAVIOR] {
             assert!(r.layout.known & bit != 0, "layout bit {bit:#x} unresolved: {:?}", r.missing);
         }
         assert_eq!(r.layout.vma_start, 0, "vm_start is the first member of vm_area_struct");
