@@ -341,7 +341,15 @@ impl LockOrder {
 
     fn release(&mut self, tid: u32, class: LockClass, addr: u64) {
         let Some(stack) = self.tasks.get_mut(&tid) else { return };
-        if let Some(i) = stack.iter().rposition(|h| h.key.class == class && h.addr == addr) {
+        // A rwsem's class comes from the address map the eBPF side learns from VMAs, and a
+        // recycled address can be relearned as another class between a lock and its unlock
+        // (seen on 7.2: an i_mmap_rwsem taken as "anon_vma", released as "i_mmap_rwsem"). The
+        // address is the lock: a release of a rwsem this task holds under another class is
+        // still its release, or the hold would outlive it and every later lock would seem
+        // taken under it. (mmap_lock is keyed by its mm, never by an rwsem address.)
+        let same = |h: &Held| h.addr == addr && (h.key.class == class || (class != LockClass::MmapLock && h.key.class != LockClass::MmapLock));
+        let found = stack.iter().rposition(|h| h.key.class == class && h.addr == addr).or_else(|| stack.iter().rposition(same));
+        if let Some(i) = found {
             stack[i].count -= 1;
             if stack[i].count == 0 {
                 stack.remove(i);
@@ -835,6 +843,22 @@ mod tests {
         r.model.apply(&ev, &mut r.out);
         assert!(r.model.lock_order.graph().edges.is_empty());
         assert!(r.lock_order().is_empty());
+    }
+
+    #[test]
+    fn a_rwsem_released_under_another_class_is_still_released() {
+        use LockClass::*;
+        let mut r = Run::new();
+        // Taken while its address was still known as an anon_vma's, released after it was
+        // relearned as the mapping's i_mmap_rwsem: the hold ends all the same.
+        r.mmap(1, MM_A, false).lock(1, AnonVma, MAPPING, false).unlock(1, IMmapRwsem, MAPPING, false).mmap_unlock(1, MM_A, false);
+        r.mmap(1, MM_A, false);
+        assert!(r.lock_order().is_empty(), "{:#?}", r.lock_order());
+        assert!(r.model.lock_order.edges.iter().all(|e| e.from.class == MmapLock), "an edge from the released rwsem");
+        // An mmap_lock release never ends a rwsem hold at the same number, nor the reverse.
+        r.lock(1, IRwsem, MM_A, false).mmap_unlock(1, MM_A, false);
+        assert_eq!(r.model.lock_order.tasks[&1].len(), 1);
+        assert_eq!(r.model.lock_order.tasks[&1][0].key.class, IRwsem);
     }
 
     #[test]
