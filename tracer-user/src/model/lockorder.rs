@@ -343,9 +343,9 @@ impl LockOrder {
         let Some(stack) = self.tasks.get_mut(&tid) else { return };
         // A rwsem's class comes from the address map the eBPF side learns from VMAs, and a
         // recycled address can be relearned as another class between a lock and its unlock
-        // (seen on 7.2: an i_mmap_rwsem taken as "anon_vma", released as "i_mmap_rwsem"). The
-        // address is the lock: a release of a rwsem this task holds under another class is
-        // still its release, or the hold would outlive it and every later lock would seem
+        // (on 7.2 an i_mmap_rwsem was taken as "anon_vma", and that hold outlived its unlock).
+        // The address is the lock: a release of a rwsem this task holds under another class
+        // is still its release, or the hold would outlive it and every later lock would seem
         // taken under it. (mmap_lock is keyed by its mm, never by an rwsem address.)
         let same = |h: &Held| h.addr == addr && (h.key.class == class || (class != LockClass::MmapLock && h.key.class != LockClass::MmapLock));
         let found = stack.iter().rposition(|h| h.key.class == class && h.addr == addr).or_else(|| stack.iter().rposition(same));
