@@ -36,6 +36,27 @@ static VM_LOCK_WRITES: Global<u32> = Global::new(0);
 #[map]
 static TRY_PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// (task, rwsem) → the class the task took it as.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct HeldKey {
+    sem: u64,
+    tid: u32,
+    _pad: u32,
+}
+
+/// What each task holds, so that its release is reported as the class it was taken as, even
+/// when LOCK_CLASS changed or lost the address meanwhile (a recycled address relearned as
+/// another class, an entry aged out of the LRU). Otherwise the hold would outlive its unlock
+/// and every later lock of the task would look taken under it (false lock-order edges).
+#[map]
+static HELD_AS: LruHashMap<HeldKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn held_key(sem: u64) -> HeldKey {
+    HeldKey { sem, tid: tid(), _pad: 0 }
+}
+
 /// How many watched rwsems each task holds (as far as seen): an mmap_lock attempt under one
 /// carries its kernel stack, the "taken" side of a lock-order edge.
 #[map]
@@ -177,6 +198,7 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
             return;
         }
         held_add(true);
+        let _ = HELD_AS.insert(&held_key(sem), &class, 0);
         send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
     }
 }
@@ -184,10 +206,21 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
 #[inline(always)]
 fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
     let sem = ctx.arg_u64(0);
-    if let Some(class) = order_class_of(sem) {
-        if !traced() {
-            return;
+    let class_now = order_class_of(sem);
+    if !traced() {
+        return;
+    }
+    // The class it was taken as, if this task took it; else what the address is known as now
+    // (a release by another task than the one that took it: up_read_non_owner).
+    let key = held_key(sem);
+    let class = match unsafe { HELD_AS.get(&key) }.copied() {
+        Some(c) => {
+            let _ = HELD_AS.remove(&key);
+            Some(c)
         }
+        None => class_now,
+    };
+    if let Some(class) = class {
         held_add(false);
         send(ctx, kind::LOCK_RELEASE, sem, class, WRITE, true, false);
     }
@@ -217,6 +250,7 @@ fn on_trylock_return<C: EbpfContext + StackIdContext, const WRITE: bool>(ctx: &C
         let success = ret as u32 == 1;
         if success {
             held_add(true);
+            let _ = HELD_AS.insert(&held_key(sem), &class, 0);
         }
         send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, success, true);
     }
