@@ -502,6 +502,12 @@ fn sigkill_loses_at_most_the_last_line_and_leaves_nothing_loaded() {
     assert_none_of_ours_loaded();
 }
 
+/// The event count `vmalock check` printed ("checked N events from ...").
+fn checked_events(o: &std::process::Output) -> u64 {
+    let e = String::from_utf8_lossy(&o.stderr);
+    e.split("checked ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no event count from check: {e}"))
+}
+
 /// A binary recording holds the same events as JSON Lines: `check` of it and of its JSON Lines
 /// export print the same verdicts from the same event count, and it is the smaller file.
 #[test]
@@ -520,11 +526,8 @@ fn binary_trace_checks_like_its_json_lines_export() {
     let (b, j) = (run(&["check", trace.to_str().unwrap()]), run(&["check", jsonl.to_str().unwrap()]));
     assert_eq!(b.status.code(), j.status.code());
     assert_eq!(b.stdout, j.stdout, "same verdicts from both forms");
-    let count = |o: &std::process::Output| {
-        let e = String::from_utf8_lossy(&o.stderr).into_owned();
-        e.split("checked ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("{e}"))
-    };
-    assert!(count(&b) > 100 && count(&b) == count(&j), "{} vs {} events", count(&b), count(&j));
+    let (nb, nj) = (checked_events(&b), checked_events(&j));
+    assert!(nb > 100 && nb == nj, "{nb} vs {nj} events");
     let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
     assert!(size(&trace) < size(&jsonl), "binary {} bytes, JSON Lines {}", size(&trace), size(&jsonl));
     // The export's footer is the recording's: it finished cleanly.
@@ -551,8 +554,7 @@ fn sigkill_of_a_binary_recording_keeps_every_whole_record() {
     let stderr = String::from_utf8_lossy(&c.stderr);
     assert!(c.status.code() == Some(0) || c.status.code() == Some(1), "{stderr}");
     assert!(stderr.contains("warning") && stderr.contains("no footer"), "{stderr}");
-    let events: u64 = stderr.split("checked ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
-    assert!(events > 100, "events were flushed while running: {stderr}");
+    assert!(checked_events(&c) > 100, "events were flushed while running: {stderr}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_none_of_ours_loaded();
 }
