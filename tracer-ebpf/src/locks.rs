@@ -16,7 +16,7 @@ use tracer_common::{fact, flag, kind, layout, lock_class};
 use crate::{
     emit::{Body, emit_body, stack_id, traced},
     kernel::{layout, read},
-    vma::{Args, held_vma_read},
+    vma::{Args, trusted_vma_read},
 };
 
 /// rwsem address → [`lock_class`]. LRU: addresses of freed mappings and anon_vmas age out.
@@ -156,13 +156,14 @@ fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, 
         return;
     }
     let mut facts = if trylock { fact::TRYLOCK } else { 0 };
-    // Only a hold the fault path owns is trusted (its end is seen); see mmap_lock.rs.
-    let vma = match held_vma_read() {
-        Some((v, true)) if k == kind::LOCK_ACQUIRE => {
+    // A per-VMA read lock held under the acquire is the vma_lock side of an edge.
+    let held = if k == kind::LOCK_ACQUIRE { trusted_vma_read(ctx) } else { None };
+    let vma = match held {
+        Some(v) => {
             facts |= fact::TASK_VMA_READ;
             v
         }
-        _ => 0,
+        None => 0,
     };
     let mut flags = if write { flag::WRITE } else { 0 };
     if success {
@@ -205,11 +206,11 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
 
 #[inline(always)]
 fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
-    let sem = ctx.arg_u64(0);
-    let class_now = order_class_of(sem);
+    // Every up_read/up_write in the kernel comes here: an untraced task pays one check only.
     if !traced() {
         return;
     }
+    let sem = ctx.arg_u64(0);
     // The class it was taken as, if this task took it; else what the address is known as now
     // (a release by another task than the one that took it: up_read_non_owner).
     let key = held_key(sem);
@@ -218,7 +219,7 @@ fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
             let _ = HELD_AS.remove(&key);
             Some(c)
         }
-        None => class_now,
+        None => order_class_of(sem),
     };
     if let Some(class) = class {
         held_add(false);

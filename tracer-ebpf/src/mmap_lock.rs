@@ -6,13 +6,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
-use aya_log_ebpf::debug;
 use tracer_common::{fact, flag, kind, tp_layout, watch};
 
 use crate::{
     emit::{Body, emit, emit_body, emit_body_needed, stack_id},
-    kernel::{layout, vma_readers},
-    vma::{believed, forget_task, held_vma_read, took_trylock},
+    kernel::layout,
+    vma::{took_trylock, trusted_vma_read},
 };
 
 /// Non-zero when the per-VMA read-lock probes exist on this kernel (set by the loader): only
@@ -25,30 +24,7 @@ static TRACK_VMA_READ: Global<u32> = Global::new(0);
 #[inline(always)]
 fn emit_attempt<C: EbpfContext + StackIdContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {
     let watch = crate::emit::watching();
-    let held = if TRACK_VMA_READ.load() != 0 && watch & watch::VMA_READ != 0 { held_vma_read() } else { None };
-    // vma_end_read() is inline almost everywhere, so a release can go unseen. A hold handed to
-    // the fault path ends with handle_mm_fault, which is seen: it is trusted while the VMA has a
-    // reader. Any other hold (madvise, uffd, ... release inline and may take mmap_lock next) is
-    // trusted only while the VMA has at least as many readers as holds believed on it; with no
-    // reader left it was released: forget it. Otherwise nobody can tell whose hold is stale,
-    // and no fact is sent (never a verdict from a guess).
-    let held = held.and_then(|(vma, in_fault)| match vma_readers(&layout(), vma) {
-        None => Some(vma),
-        Some(0) => {
-            forget_task();
-            None
-        }
-        Some(_) if in_fault => Some(vma),
-        Some(readers) => {
-            let b = believed(vma);
-            if u64::from(readers) < b {
-                // Off the hot path (a task believed to hold a VMA read lock takes mmap_lock):
-                // why a hold was not trusted, for the daemon's log.
-                debug!(ctx, "VMA read hold not trusted: {} readers on the VMA, {} holds believed on it", readers, b);
-            }
-            (u64::from(readers) >= b).then_some(vma)
-        }
-    });
+    let held = if TRACK_VMA_READ.load() != 0 && watch & watch::VMA_READ != 0 { trusted_vma_read(ctx) } else { None };
     match held {
         Some(vma) => {
             let mut facts = fact::TASK_VMA_READ;

@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
+use aya_log_ebpf::debug;
 use tracer_common::{counter, kind, layout, prepare_role, site};
 
 use crate::{
@@ -388,7 +389,7 @@ fn on_vma_read_locked(vma: u64) {
 fn drop_hold(t: u32) {
     if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
         let _ = TASK_VMA_READ.remove(&t);
-        let vma = held & !HOLD_IN_FAULT;
+        let vma = held;
         let generation = unsafe { TASK_VMA_GEN.get(&t) }.copied().unwrap_or(0);
         let _ = TASK_VMA_GEN.remove(&t);
         // A hold of an older generation was already left out of the count.
@@ -416,7 +417,7 @@ pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
 fn on_vma_read_dropped(vma: u64) {
     let t = tid();
     if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
-        if vma == 0 || held & !HOLD_IN_FAULT == vma {
+        if vma == 0 || held == vma {
             count(counter::VMA_READ_DROPPED);
             drop_hold(t);
         }
@@ -433,32 +434,6 @@ pub fn vma_refcount_put_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn vma_refcount_put_kprobe(ctx: ProbeContext) -> u32 {
     on_vma_read_dropped(ctx.arg_u64(0));
-    0
-}
-
-/// Bit 0 of a TASK_VMA_READ value (VMA pointers are aligned): the hold was handed to
-/// handle_mm_fault, the fault path, whose end is seen.
-pub const HOLD_IN_FAULT: u64 = 1;
-
-/// The fault path takes the VMA read lock and calls handle_mm_fault with it at once: mark the
-/// task's hold as one whose release (the end of the fault) is seen.
-#[inline(always)]
-fn on_fault_entry() {
-    let t = tid();
-    if let Some(v) = TASK_VMA_READ.get_ptr_mut(&t) {
-        unsafe { *v |= HOLD_IN_FAULT };
-    }
-}
-
-#[fentry(function = "handle_mm_fault")]
-pub fn handle_mm_fault_fentry(_ctx: FEntryContext) -> u32 {
-    on_fault_entry();
-    0
-}
-
-#[kprobe]
-pub fn handle_mm_fault_kprobe(_ctx: ProbeContext) -> u32 {
-    on_fault_entry();
     0
 }
 
@@ -522,27 +497,63 @@ pub fn took_trylock(sem: u64) -> bool {
     hit
 }
 
-/// The VMA read lock the current task holds (the VMA, and whether it was handed to the fault
-/// path), if the read-lock probes are attached.
+/// The VMA the current task holds read-locked, if the read-lock probes are attached.
 #[inline(always)]
-pub fn held_vma_read() -> Option<(u64, bool)> {
+fn held_vma_read() -> Option<u64> {
     let t = tid();
-    let v = unsafe { TASK_VMA_READ.get(&t) }.copied()?;
-    let vma = v & !HOLD_IN_FAULT;
+    let vma = unsafe { TASK_VMA_READ.get(&t) }.copied()?;
     // A hold from before the VMA's last reset may be one of the stale ones: not trusted.
     let generation = unsafe { TASK_VMA_GEN.get(&t) }.copied().unwrap_or(0);
     if generation != gen_of(vma) {
         return None;
     }
-    Some((vma, v & HOLD_IN_FAULT != 0))
+    Some(vma)
 }
 
-/// A task that exits forgets its entry (an exit we missed is aged out by the LRU).
+/// The VMA the current task holds read-locked, if that hold can be believed now.
+///
+/// vma_end_read() is inline almost everywhere, so a release can go unseen; and a hook the
+/// kernel skipped (recursion protection, preemption inside our program) can miss the end of a
+/// fault too. With no reader left on the VMA the hold was released: it is forgotten. Otherwise
+/// it is believed only while the VMA has at least as many readers as holds believed on it: in
+/// a threaded process another thread faulting on the same VMA keeps a reader there after this
+/// task's unseen release, and only the count tells the two apart. When it cannot, the hold is
+/// not believed (never a verdict from a guess).
+#[inline(always)]
+pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
+    let vma = held_vma_read()?;
+    match vma_readers(&layout(), vma) {
+        None => Some(vma),
+        Some(0) => {
+            // Only the VMA hold: the task's rwsem holds (lock-order) are still real.
+            forget_vma_hold();
+            None
+        }
+        Some(readers) => {
+            let b = believed(vma);
+            if u64::from(readers) < b {
+                // Off the hot path (a task believed to hold a VMA read lock takes a lock):
+                // why a hold was not believed, for the daemon's log.
+                debug!(ctx, "VMA read hold not trusted: {} readers on the VMA, {} holds believed on it", readers, b);
+                return None;
+            }
+            Some(vma)
+        }
+    }
+}
+
+/// Forgets the current task's per-VMA read hold (found released) and its pending trylock.
+#[inline(always)]
+fn forget_vma_hold() {
+    drop_hold(tid());
+    let _ = TASK_TRYLOCK.remove(&tid());
+}
+
+/// A task that exits forgets its entries (an exit we missed is aged out by the LRU).
 #[inline(always)]
 pub fn forget_task() {
     crate::locks::forget_task_locks();
-    drop_hold(tid());
-    let _ = TASK_TRYLOCK.remove(&tid());
+    forget_vma_hold();
 }
 
 // ---- VMA modifiers: what they changed, and whether the VMA was write-locked for it ----------

@@ -130,8 +130,7 @@ pub const FN_HOOKS: &[FnHook] = &[
     FnHook { func: "down_write_trylock", at: At::Exit, trampoline: "down_write_trylock_fexit", probe: Some("down_write_trylock_kretprobe"), role: "lock-order: trylock of a watched rwsem returned", vma_arg: None, returns_of_entry: true },
     hook!("lock_vma_under_rcu", Exit, "lock_vma_fexit", Some("lock_vma_kretprobe"), "per-VMA read lock taken"),
     hook!("vma_refcount_put", Entry, "vma_refcount_put_fentry", Some("vma_refcount_put_kprobe"), "per-VMA read lock dropped (6.15+)"),
-    hook!("handle_mm_fault", Entry, "handle_mm_fault_fentry", Some("handle_mm_fault_kprobe"), "a fault takes over the per-VMA read lock"),
-    FnHook { func: "handle_mm_fault", at: At::Exit, trampoline: "handle_mm_fault_fexit", probe: Some("handle_mm_fault_kretprobe"), role: "end of a fault: per-VMA read lock dropped (inline vma_end_read)", vma_arg: None, returns_of_entry: true },
+    hook!("handle_mm_fault", Exit, "handle_mm_fault_fexit", Some("handle_mm_fault_kretprobe"), "end of a fault: per-VMA read lock dropped (inline vma_end_read)"),
 ];
 
 /// Wrappers whose whole work is a call to another hooked function on kernels that have it

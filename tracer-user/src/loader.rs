@@ -286,16 +286,15 @@ impl Tracer {
         // of the fault is seen: vma_end_read() is inline (vma_refcount_put too, on most of its
         // callers), so the end of handle_mm_fault ends the fault path's hold, and the mmap_lock
         // hook double-checks the VMA's readers before it believes any other.
-        let read_lock_hooks = ["handle_mm_fault", "handle_mm_fault:return", "vma_refcount_put", "lock_vma_under_rcu"];
+        let read_lock_hooks = ["handle_mm_fault", "vma_refcount_put", "lock_vma_under_rcu"];
         if has(lbits::VMA_SEQ) && attached("down_read_trylock", &functions) && attached("down_write_trylock", &functions) {
             let second = hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| f == "handle_mm_fault" || f == "vma_refcount_put");
-            let fault_end = matches!(second.get("handle_mm_fault"), Some(HookState::Attached(_)))
-                && matches!(second.get("handle_mm_fault:return"), Some(HookState::Attached(_)));
+            let fault_end = matches!(second.get("handle_mm_fault"), Some(HookState::Attached(_)));
             functions.extend(second);
             if fault_end {
                 functions.extend(hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| f == "lock_vma_under_rcu"));
             } else {
-                functions.insert("lock_vma_under_rcu".into(), HookState::Unavailable("needs hooks on handle_mm_fault's entry and return".into()));
+                functions.insert("lock_vma_under_rcu".into(), HookState::Unavailable("needs a hook on handle_mm_fault's return".into()));
             }
         } else if has(lbits::VMA_SEQ) {
             for f in read_lock_hooks {

@@ -122,7 +122,8 @@ fn record_of_a_multithreaded_child_is_complete_and_balanced() {
     // One sched_process_exit per thread, short only by hits the kernel skipped (marked).
     assert!(exits <= threads.len() && exits + missed >= threads.len(), "{exits} exits for {} threads, {missed} hits skipped", threads.len());
     assert_eq!(imbalance(&all), None);
-    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "no violations on a clean kernel");
+    let verdicts = String::from_utf8_lossy(&out.stdout);
+    assert!(verdicts.trim().is_empty(), "no violations on a clean kernel, got:\n{verdicts}");
 
     // `check` replays it to the same verdicts (none), exit 0.
     let c = run(&["check", trace.to_str().unwrap()]);
