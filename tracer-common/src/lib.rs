@@ -258,8 +258,10 @@ pub mod counter {
     pub const SNAP_VISITED: u32 = 4;
     /// mmap_lock acquire/release pairs folded in the kernel: balanced, nothing sent between.
     pub const FOLDED_PAIRS: u32 = 5;
+    /// VMA events whose facts already showed them legal, kept in the kernel (default runs).
+    pub const LEGAL_KEPT: u32 = 6;
     /// Hook invocations that passed the TGID filter, indexed by `SEEN_BASE + kind`.
-    pub const SEEN_BASE: u32 = 6;
+    pub const SEEN_BASE: u32 = 7;
     pub const COUNT: u32 = SEEN_BASE + super::kind::COUNT as u32;
 }
 

@@ -118,6 +118,22 @@ pub fn count(index: u32) {
     bump(index, 1);
 }
 
+/// A default run keeps in the kernel a VMA event whose facts, read at the hook, already show
+/// it legal: no rule can turn it into a verdict, and under TCG each such event (with its
+/// stack) cost more than the work it was about. It still counts as a hook hit, and as kept.
+/// True when the caller must not send it; `record` and `--all-events` send everything. The
+/// caller has checked the filter.
+#[inline(always)]
+pub fn keep_legal(kind: u16) -> bool {
+    let Some(cfg) = CONFIG.get(0) else { return false };
+    if cfg.fold == 0 {
+        return false;
+    }
+    bump(counter::SEEN_BASE + kind as u32, 1);
+    bump(counter::LEGAL_KEPT, 1);
+    true
+}
+
 /// Sends one event of `kind` about `mm` if the current task passes the filter.
 #[inline(always)]
 pub fn emit<C: EbpfContext>(ctx: &C, kind: u16, mm: u64, flags: u16) {

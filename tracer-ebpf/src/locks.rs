@@ -176,11 +176,13 @@ fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, 
 /// down_read / down_write entry: the task is about to wait (lockdep validates here too).
 #[inline(always)]
 fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
+    // Every down_read/down_write in the kernel comes here: under -p/-c another process's
+    // task pays the filter check only, not the hash lookup.
+    if !traced() {
+        return;
+    }
     let sem = ctx.arg_u64(0);
     if let Some(class) = class_of(sem) {
-        if !traced() {
-            return;
-        }
         if class == lock_class::VMA_WRITE {
             if WRITE {
                 if let Some(vma) = unsafe { VM_LOCK_VMA.get(&sem) }.copied() {

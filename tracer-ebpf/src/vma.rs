@@ -14,10 +14,10 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::debug;
-use tracer_common::{counter, kind, layout, prepare_role, site};
+use tracer_common::{counter, fact, kind, layout, prepare_role, site};
 
 use crate::{
-    emit::{Body, count, emit_body, stack_id, traced},
+    emit::{Body, count, emit_body, keep_legal, stack_id, traced},
     kernel::{layout, mmap_facts, read, vma_facts, vma_mm, vma_readers},
     locks::{learn, on_trylock_entry},
 };
@@ -117,6 +117,19 @@ fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// The VMA is known not to be write-locked: what new-vma-locked and vm-flags-locked judge.
+/// Anything else (write-locked, or state unreadable) no rule can turn into a verdict.
+#[inline(always)]
+fn unlocked_known(facts: u32) -> bool {
+    facts & (fact::VMA_KNOWN | fact::VMA_WRITE_LOCKED) == fact::VMA_KNOWN
+}
+
+/// The task holds an rwsem lock-order watches: a lock taken now is the end of an edge.
+#[inline(always)]
+fn under_watched_lock() -> bool {
+    crate::emit::watching() & tracer_common::watch::LOCKS != 0 && crate::locks::holds_watched()
+}
+
 /// A kernel pointer return that is neither NULL nor an ERR_PTR.
 #[inline(always)]
 fn valid_ptr(p: u64) -> bool {
@@ -151,6 +164,12 @@ pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64) {
     learn(vma);
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    // Legal: this task holds the mmap_lock for write (vma-write-needs-mmap-write). It is still
+    // sent under a watched rwsem, where it is the taken side of a lock-order edge.
+    let legal = facts & (fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT) == fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT;
+    if legal && !under_watched_lock() && keep_legal(kind::VMA_WRITE_LOCK) {
+        return;
+    }
     let body = Body { mm, vma, args: [0, 0, 0], facts, stack_id: stack_id(ctx) };
     emit_body(ctx, kind::VMA_WRITE_LOCK, 0, &body);
 }
@@ -286,6 +305,10 @@ fn on_vma_prepare<C: Args>(ctx: &C) {
             }
         }
     }
+    // Legal: every VMA it was handed is write-locked (vma-prepare-prelocked).
+    if unlocked == 0 && keep_legal(kind::VMA_PREPARE) {
+        return;
+    }
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     let body = Body { mm, vma, args: [unlocked, first, 0], facts, stack_id: stack_id(ctx) };
     emit_body(ctx, kind::VMA_PREPARE, 0, &body);
@@ -314,6 +337,9 @@ fn on_new_vma<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, site: u64) {
     let l = layout();
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    if !unlocked_known(facts) && keep_legal(kind::VMA_NEW) {
+        return;
+    }
     let body = Body { mm, vma, args: [site, 0, 0], facts, stack_id: stack_id(ctx) };
     emit_body(ctx, kind::VMA_NEW, 0, &body);
 }
@@ -453,6 +479,54 @@ pub fn handle_mm_fault_kretprobe(_ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// Tasks inside a function that may end the per-VMA read lock it just took with an inline
+/// vma_end_read() and take mmap_lock for read next (mm/madvise.c madvise_lock via
+/// try_vma_read_lock, mm/userfaultfd.c uffd_lock_vma): tid → 1. A hold seen there at an
+/// mmap_lock attempt was released unseen; counting readers cannot tell, since another
+/// reader (a sibling's fault, a /proc/PID/maps reader's lock_next_vma) may sit on the VMA.
+#[map]
+static IN_DROP_THEN_LOCK: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn drop_then_lock_enter() {
+    if traced() {
+        let _ = IN_DROP_THEN_LOCK.insert(&tid(), &1, 0);
+    }
+}
+
+#[inline(always)]
+fn drop_then_lock_leave() {
+    let _ = IN_DROP_THEN_LOCK.remove(&tid());
+}
+
+macro_rules! drop_then_lock_programs {
+    ($fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident, $func:literal) => {
+        #[fentry(function = $func)]
+        pub fn $fentry(_ctx: FEntryContext) -> u32 {
+            drop_then_lock_enter();
+            0
+        }
+        #[fexit(function = $func)]
+        pub fn $fexit(_ctx: FExitContext) -> u32 {
+            drop_then_lock_leave();
+            0
+        }
+        #[kprobe]
+        pub fn $kprobe(_ctx: ProbeContext) -> u32 {
+            drop_then_lock_enter();
+            0
+        }
+        #[kretprobe]
+        pub fn $kretprobe(_ctx: RetProbeContext) -> u32 {
+            drop_then_lock_leave();
+            0
+        }
+    };
+}
+
+drop_then_lock_programs!(madvise_lock_fentry, madvise_lock_fexit, madvise_lock_kprobe, madvise_lock_kretprobe, "madvise_lock");
+drop_then_lock_programs!(uffd_lock_vma_fentry, uffd_lock_vma_fexit, uffd_lock_vma_kprobe, uffd_lock_vma_kretprobe, "uffd_lock_vma");
+
 /// `down_read_trylock(sem)` / `down_write_trylock(sem)`: remembered only for tasks holding a
 /// per-VMA read lock (one map lookup for everyone else).
 #[inline(always)]
@@ -518,10 +592,16 @@ fn held_vma_read() -> Option<u64> {
 /// it is believed only while the VMA has at least as many readers as holds believed on it: in
 /// a threaded process another thread faulting on the same VMA keeps a reader there after this
 /// task's unseen release, and only the count tells the two apart. When it cannot, the hold is
-/// not believed (never a verdict from a guess).
+/// not believed (never a verdict from a guess). Inside a function known to drop its hold
+/// inline before taking mmap_lock (IN_DROP_THEN_LOCK) the count cannot tell either: readers
+/// the hooks never counted (a /proc/PID/maps reader's lock_next_vma) may sit on the VMA.
 #[inline(always)]
 pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
     let vma = held_vma_read()?;
+    if unsafe { IN_DROP_THEN_LOCK.get(&tid()) }.is_some() {
+        forget_vma_hold();
+        return None;
+    }
     match vma_readers(&layout(), vma) {
         None => Some(vma),
         Some(0) => {
@@ -667,6 +747,9 @@ fn on_modify_exit<C: EbpfContext + StackIdContext, const SITE: u64>(ctx: &C) {
     }
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    if !unlocked_known(facts) && keep_legal(kind::VMA_MODIFIED) {
+        return;
+    }
     let body = Body { mm, vma, args: [before.flags, after.flags, SITE | (changed << 16)], facts, stack_id: stack_id(ctx) };
     emit_body(ctx, kind::VMA_MODIFIED, 0, &body);
 }

@@ -131,6 +131,12 @@ pub const FN_HOOKS: &[FnHook] = &[
     hook!("lock_vma_under_rcu", Exit, "lock_vma_fexit", Some("lock_vma_kretprobe"), "per-VMA read lock taken"),
     hook!("vma_refcount_put", Entry, "vma_refcount_put_fentry", Some("vma_refcount_put_kprobe"), "per-VMA read lock dropped (6.15+)"),
     hook!("handle_mm_fault", Exit, "handle_mm_fault_fexit", Some("handle_mm_fault_kretprobe"), "end of a fault: per-VMA read lock dropped (inline vma_end_read)"),
+    // Functions that may end the per-VMA read lock they just took (inline vma_end_read) and
+    // take mmap_lock for read next: a hold seen inside them is not believed at that attempt.
+    hook!("madvise_lock", Entry, "madvise_lock_fentry", Some("madvise_lock_kprobe"), "per-VMA read lock may be dropped unseen before mmap_read_lock (mm/madvise.c try_vma_read_lock, 6.16+)"),
+    FnHook { func: "madvise_lock", at: At::Exit, trampoline: "madvise_lock_fexit", probe: Some("madvise_lock_kretprobe"), role: "end of madvise_lock", vma_arg: None, returns_of_entry: true },
+    hook!("uffd_lock_vma", Entry, "uffd_lock_vma_fentry", Some("uffd_lock_vma_kprobe"), "per-VMA read lock may be dropped unseen before mmap_read_lock (mm/userfaultfd.c)"),
+    FnHook { func: "uffd_lock_vma", at: At::Exit, trampoline: "uffd_lock_vma_fexit", probe: Some("uffd_lock_vma_kretprobe"), role: "end of uffd_lock_vma", vma_arg: None, returns_of_entry: true },
 ];
 
 /// Wrappers whose whole work is a call to another hooked function on kernels that have it

@@ -255,7 +255,7 @@ impl Tracer {
         let has = |bit| known & bit != 0;
         let wanted = |f: &str| match f {
             // Second pass below: the read-lock hooks only make sense together.
-            "handle_mm_fault" | "lock_vma_under_rcu" | "vma_refcount_put" => false,
+            "handle_mm_fault" | "lock_vma_under_rcu" | "vma_refcount_put" | "madvise_lock" | "uffd_lock_vma" => false,
             f if hooks::is_wrapper(kbtf, f) => false,
             f if f.starts_with("walk_page") || f == "__walk_page_range" => has(lbits::WALK) && has(lbits::VMA_SEQ),
             "vma_prepare" => has(lbits::VMA_PREPARE) && has(lbits::VMA_SEQ),
@@ -286,9 +286,11 @@ impl Tracer {
         // of the fault is seen: vma_end_read() is inline (vma_refcount_put too, on most of its
         // callers), so the end of handle_mm_fault ends the fault path's hold, and the mmap_lock
         // hook double-checks the VMA's readers before it believes any other.
-        let read_lock_hooks = ["handle_mm_fault", "vma_refcount_put", "lock_vma_under_rcu"];
+        let read_lock_hooks = ["handle_mm_fault", "vma_refcount_put", "lock_vma_under_rcu", "madvise_lock", "uffd_lock_vma"];
         if has(lbits::VMA_SEQ) && attached("down_read_trylock", &functions) && attached("down_write_trylock", &functions) {
-            let second = hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| f == "handle_mm_fault" || f == "vma_refcount_put");
+            let second = hooks::attach_all(&mut self.ebpf, kbtf, btf, |f| {
+                ["handle_mm_fault", "vma_refcount_put", "madvise_lock", "uffd_lock_vma"].contains(&f)
+            });
             let fault_end = matches!(second.get("handle_mm_fault"), Some(HookState::Attached(_)));
             functions.extend(second);
             if fault_end {
@@ -421,8 +423,9 @@ impl Tracer {
         Ok(())
     }
 
-    /// Whether balanced mmap_lock acquire/release pairs with nothing sent between them stay in
-    /// the kernel (tracer-ebpf's fold.rs): on for default runs, which judge rules, off for
+    /// Whether balanced mmap_lock acquire/release pairs with nothing sent between them, and VMA
+    /// events whose facts already show them legal, stay in the kernel (tracer-ebpf's fold.rs,
+    /// emit.rs `keep_legal`): on for default runs, which judge rules, off for
     /// `record`/`--all-events`, whose traces must hold every event. Call before `start`.
     pub fn fold_pairs(&mut self, on: bool) {
         self.fold = on;
@@ -481,9 +484,28 @@ impl Tracer {
             vma_read_taken: sum(counter::VMA_READ_TAKEN)?,
             vma_read_dropped: sum(counter::VMA_READ_DROPPED)?,
             folded_pairs: sum(counter::FOLDED_PAIRS)?,
+            legal_kept: sum(counter::LEGAL_KEPT)?,
             snapshot_vmas: sum(counter::SNAP_VISITED)?,
             snapshot_rounds: u64::from(self.snapshot_round),
+            program_times: self.program_times(),
         })
+    }
+
+    /// Each of our programs' run time, busiest first; empty unless kernel.bpf_stats_enabled is
+    /// on (the kernel only counts then). Where `bpftool` is absent (the test guests) this is
+    /// how a run says which hook its cost is in.
+    pub fn program_times(&self) -> Vec<ProgTime> {
+        use std::os::fd::AsFd as _;
+        let mut out: Vec<ProgTime> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = prog_info(p.fd().ok()?.as_fd()).ok()?;
+                (info.run_cnt > 0).then(|| ProgTime { name: name.to_string(), runs: info.run_cnt, run_time_ns: info.run_time_ns })
+            })
+            .collect();
+        out.sort_by(|a, b| b.run_time_ns.cmp(&a.run_time_ns).then_with(|| a.name.cmp(&b.name)));
+        out
     }
 
     /// Hook hits the kernel skipped (recursion protection), summed over our attached programs.
@@ -504,6 +526,11 @@ impl Tracer {
 /// preemptibly (newer kernels run them under SRCU-fast, not preempt_disable), a task preempted
 /// inside our program makes every other task's hit on that CPU a silent miss.
 fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    Ok(prog_info(fd)?.recursion_misses)
+}
+
+/// The kernel's `bpf_prog_info` for one of our programs.
+fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Result<aya_obj::generated::bpf_prog_info> {
     use std::os::fd::AsRawFd as _;
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
     #[repr(C)]
@@ -530,7 +557,15 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
     }
-    Ok(info.recursion_misses)
+    Ok(info)
+}
+
+/// One program's run time so far, as kernel.bpf_stats_enabled=1 counts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgTime {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -545,9 +580,13 @@ pub struct Counters {
     pub vma_read_dropped: u64,
     /// mmap_lock acquire/release pairs the kernel folded instead of sending (default runs).
     pub folded_pairs: u64,
+    /// VMA events whose facts at the hook showed them legal, kept instead of sent (default runs).
+    pub legal_kept: u64,
     /// VMA snapshot passes, and VMAs of traced processes compared in them.
     pub snapshot_rounds: u64,
     pub snapshot_vmas: u64,
+    /// Per-program run time (kernel.bpf_stats_enabled=1 only; else empty).
+    pub program_times: Vec<ProgTime>,
 }
 
 impl Counters {

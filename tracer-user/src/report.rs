@@ -97,6 +97,18 @@ impl fmt::Display for Summary {
                 self.counters.folded_pairs
             )?;
         }
+        if self.counters.legal_kept > 0 {
+            writeln!(
+                f,
+                "  VMA events legal at the hook, kept in the kernel (not sent; `record` or --all-events sends them): {}",
+                self.counters.legal_kept
+            )?;
+        }
+        if !self.counters.program_times.is_empty() {
+            let t: Vec<String> =
+                self.counters.program_times.iter().map(|p| format!("{} {}×{}", p.name, p.run_time_ns / p.runs.max(1), p.runs)).collect();
+            writeln!(f, "  BPF run time (kernel.bpf_stats_enabled=1; avg ns × runs, busiest first): {}", t.join(", "))?;
+        }
         writeln!(f, "  lost events: {} (per CPU: {:?})", self.lost(), self.lost_per_cpu)?;
         writeln!(f, "  missed hook hits (kernel recursion protection): {}", self.missed)?;
         if self.decode_errors > 0 {

@@ -90,7 +90,7 @@ enum VmCmd {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
         /// Seconds one boot may take before it is killed and counted as a hang.
-        #[arg(long, default_value_t = 900)]
+        #[arg(long, default_value_t = vm::SUITE_TIMEOUT_SECS)]
         timeout: u64,
         /// Build the kernels with a recipe that are not built yet (as `cargo xtask test`
         /// does), instead of skipping them.

@@ -57,7 +57,7 @@ pub fn run(extra: &[String], kernels: Option<&[String]>) -> Result<()> {
     }
     if let Some(names) = kernels {
         // Kernels with a recipe are built here when not cached (each step prints its time).
-        match crate::vm::test(names, std::time::Duration::from_secs(900), true) {
+        match crate::vm::test(names, std::time::Duration::from_secs(crate::vm::SUITE_TIMEOUT_SECS), true) {
             Ok(runs) => {
                 let (p, f, s) = crate::vm::tally(&runs);
                 println!("vm tests: {p} passed, {f} failed, {s} skipped");

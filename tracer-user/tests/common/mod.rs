@@ -143,6 +143,7 @@ pub const OUR_PROGRAMS: &[&str] = &[
     "down_read_fentr", "down_read_kprob", "down_write_fent", "down_write_kpro",
     "up_read_fentry", "up_read_kprobe", "up_write_fentry", "up_write_kprobe",
     "ksm_add_vma_fen", "ksm_add_vma_kpr",
+    "madvise_lock_fe", "madvise_lock_kp", "madvise_lock_kr", "uffd_lock_vma_f", "uffd_lock_vma_k",
 ];
 
 pub fn assert_none_of_ours_loaded() {

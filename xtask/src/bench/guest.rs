@@ -2,20 +2,26 @@
 //! function hook attaches. Under QEMU/TCG absolute rates mean nothing; the traced ÷ untraced
 //! ratios of neighbouring runs still compare configurations. bpftrace is not in the guest's
 //! initramfs (busybox and static binaries only), so the guest has no peer column.
+//!
+//! Nor has it bpftool: the profile pass (one default run per bench with
+//! kernel.bpf_stats_enabled=1) reads each program's run time from vmalock's own summary.
 
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result};
 
-use super::micro::{self, Config, Run};
+use super::{
+    micro::{self, Config, Run},
+    profile::{Prog, Profile},
+};
 
 /// The guest's shell script: every bench × repeat × (base, traced) pair, each run's output
 /// behind a `VMALOCK-BENCH-RUN bench config repeat` line.
-fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64) -> String {
+fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, profile: bool) -> String {
     let mut s = String::from(
         "cd /tmp\n\
          run() {\n  b=$1; c=$2; r=$3; shift 3\n  \"$@\" > /tmp/o 2> /tmp/e\n  echo \"VMALOCK-BENCH-RUN $b $c $r status=$?\"\n  \
-         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:' /tmp/o /tmp/e\n}\n",
+         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:|BPF run time' /tmp/o /tmp/e\n}\n",
     );
     for b in benches {
         let load = format!("vmalock-bench-load {b} --seconds {seconds}");
@@ -31,35 +37,69 @@ fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64) 
                 let _ = writeln!(s, "run {b} {} {r} {traced}", c.name());
             }
         }
+        if profile {
+            let _ = writeln!(s, "echo 1 > /proc/sys/kernel/bpf_stats_enabled");
+            let _ = writeln!(s, "run {b} {PROFILE} 0 vmalock run -c '{load}'");
+            let _ = writeln!(s, "echo 0 > /proc/sys/kernel/bpf_stats_enabled");
+        }
     }
     s
 }
 
+/// The profile runs' marker in place of a configuration name.
+const PROFILE: &str = "profile-default";
+
+/// A profile run's output: the ops the load did and each program's (name, avg ns, runs).
+fn parse_profile(bench: &str, out: &str) -> Option<Profile> {
+    let ops: f64 = out.split_whitespace().find_map(|w| w.strip_prefix("ops="))?.parse().ok()?;
+    let list = out.lines().find_map(|l| l.split("busiest first): ").nth(1))?;
+    let mut progs = Vec::new();
+    for item in list.split(", ") {
+        let (name, rest) = item.trim().split_once(' ')?;
+        let (avg, runs) = rest.split_once('×')?;
+        let (avg, runs): (u64, u64) = (avg.parse().ok()?, runs.parse().ok()?);
+        progs.push(Prog { name: name.to_string(), run_cnt: runs, run_time_ns: avg * runs });
+    }
+    let total: u64 = progs.iter().map(|p| p.run_time_ns).sum();
+    Some(Profile { bench: bench.to_string(), config: Config::Default, ops, progs, bpf_ns_per_op: total as f64 / ops.max(1.0), user_ns_per_op: None })
+}
+
 /// Boots `kernel`, runs the script, and reads the runs back from the serial log.
-pub fn run(kernel: &str, benches: &[String], configs: &[Config], repeats: usize, seconds: f64) -> Result<Vec<Run>> {
-    let script = script(benches, configs, repeats, seconds);
+pub fn run(kernel: &str, benches: &[String], configs: &[Config], repeats: usize, seconds: f64, profile: bool) -> Result<(Vec<Run>, Vec<Profile>)> {
+    let script = script(benches, configs, repeats, seconds, profile);
     crate::vm::run_command(kernel, &script, std::time::Duration::from_secs(3000))?;
     let log = crate::vm::report_dir().join(format!("{kernel}.run.log"));
     let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
     Ok(parse_log(&text))
 }
 
-fn parse_log(text: &str) -> Vec<Run> {
+/// What the serial log says: the ratio runs, and the profile runs.
+fn parse_log(text: &str) -> (Vec<Run>, Vec<Profile>) {
     let mut runs = Vec::new();
-    let mut current: Option<(String, Config, usize, String)> = None;
-    let finish = |cur: Option<(String, Config, usize, String)>, runs: &mut Vec<Run>| {
-        if let Some((b, c, r, out)) = cur {
-            match micro::parse(&b, c, r, &out, &out) {
-                Ok(run) => runs.push(run),
-                Err(e) => println!("bench: guest run {b} {} #{r} unreadable: {e:#}", c.name()),
-            }
-        }
+    let mut profiles = Vec::new();
+    // (bench, configuration, or None for a profile run, repeat, output)
+    let mut current: Option<(String, Option<Config>, usize, String)> = None;
+    let mut finish = |cur: Option<(String, Option<Config>, usize, String)>| match cur {
+        Some((b, Some(c), r, out)) => match micro::parse(&b, c, r, &out, &out) {
+            Ok(run) => runs.push(run),
+            Err(e) => println!("bench: guest run {b} {} #{r} unreadable: {e:#}", c.name()),
+        },
+        Some((b, None, _, out)) => match parse_profile(&b, &out) {
+            Some(p) => profiles.push(p),
+            None => println!("bench: guest profile run of {b} unreadable (no ops= or no BPF run time line):\n{out}"),
+        },
+        None => {}
     };
     for line in text.lines() {
         if let Some(rest) = line.trim().strip_prefix("VMALOCK-BENCH-RUN ") {
-            finish(current.take(), &mut runs);
+            finish(current.take());
             let w: Vec<&str> = rest.split_whitespace().collect();
-            if let (Some(b), Some(Ok(c)), Some(Ok(r))) = (w.first(), w.get(1).map(|c| Config::parse(c)), w.get(2).map(|r| r.parse())) {
+            let config = match w.get(1) {
+                Some(&PROFILE) => Some(None),
+                Some(c) => Config::parse(c).ok().map(Some),
+                None => None,
+            };
+            if let (Some(b), Some(c), Some(Ok(r))) = (w.first(), config, w.get(2).map(|r| r.parse())) {
                 current = Some((b.to_string(), c, r, String::new()));
             }
         } else if let Some((_, _, _, out)) = current.as_mut() {
@@ -67,8 +107,8 @@ fn parse_log(text: &str) -> Vec<Run> {
             out.push('\n');
         }
     }
-    finish(current, &mut runs);
-    runs
+    finish(current);
+    (runs, profiles)
 }
 
 #[cfg(test)]
@@ -80,7 +120,8 @@ mod tests {
         let log = "noise\nVMALOCK-BENCH-RUN mmap base 0 status=0\nvmalock-bench-load: bench=mmap threads=1 ops=10 secs=1.0 ops_per_s=100.0\n\
                    VMALOCK-BENCH-RUN mmap default 0 status=0\nvmalock-bench-load: bench=mmap threads=1 ops=5 secs=1.0 ops_per_s=50.0\n\
                    vmalock: stopped: command exited with status 0 after 2.000 s\n  events received: 400 (x)\n  lost events: 0 (per CPU: [0])\n";
-        let runs = parse_log(log);
+        let (runs, profiles) = parse_log(log);
+        assert!(profiles.is_empty());
         assert_eq!(runs.len(), 2);
         assert_eq!(micro::ratios(&runs, "mmap", Config::Default), vec![0.5]);
         assert_eq!(runs[1].events_received, Some(400));
@@ -89,9 +130,27 @@ mod tests {
 
     #[test]
     fn the_script_pairs_each_traced_run_with_a_base_run() {
-        let s = script(&["fork".into()], &[Config::Default, Config::Bpftrace], 2, 1.0);
+        let s = script(&["fork".into()], &[Config::Default, Config::Bpftrace], 2, 1.0, true);
         assert_eq!(s.matches("run fork base").count(), 2);
         assert_eq!(s.matches("run fork default").count(), 2);
         assert!(!s.contains("bpftrace"));
+        // One profile run per bench, between stats on and off.
+        assert_eq!(s.matches("run fork profile-default 0").count(), 1);
+        let on = s.find("bpf_stats_enabled").unwrap();
+        assert!(on < s.find("run fork profile-default").unwrap() && s.matches("bpf_stats_enabled").count() == 2);
+    }
+
+    #[test]
+    fn reads_a_profile_run_from_vmalocks_summary() {
+        let log = "VMALOCK-BENCH-RUN mprotect profile-default 0 status=0\n\
+                   vmalock-bench-load: bench=mprotect threads=1 ops=100 secs=1.0 ops_per_s=100.0\n\
+                   \x20 BPF run time (kernel.bpf_stats_enabled=1; avg ns × runs, busiest first): vma_start_write_fentry 5000×600, btf_mmap_acquired 900×200\n";
+        let (runs, profiles) = parse_log(log);
+        assert!(runs.is_empty());
+        assert_eq!(profiles.len(), 1);
+        let p = &profiles[0];
+        assert_eq!((p.bench.as_str(), p.ops, p.progs.len()), ("mprotect", 100.0, 2));
+        assert_eq!((p.progs[0].name.as_str(), p.progs[0].run_cnt, p.progs[0].run_time_ns), ("vma_start_write_fentry", 600, 3_000_000));
+        assert_eq!(p.bpf_ns_per_op, (3_000_000.0 + 180_000.0) / 100.0);
     }
 }

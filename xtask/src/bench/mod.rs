@@ -134,7 +134,7 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
     std::fs::create_dir_all(out_dir())?;
     let load_before = report::uptime();
     let started = report::now_utc();
-    let runs = guest::run(kernel, &o.benches, &configs, o.repeats, o.seconds)?;
+    let (runs, profiles) = guest::run(kernel, &o.benches, &configs, o.repeats, o.seconds, !o.no_profile)?;
     let r = report::Report {
         hooks: format!(
             "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. No bpftrace column: the guest's initramfs has busybox and static binaries only."
@@ -147,7 +147,7 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
         load: vec![("before (host)".into(), load_before), ("at the end (host)".into(), report::uptime())],
         rows: report::rows(&runs, &o.benches, &configs),
         runs,
-        profiles: Vec::new(),
+        profiles,
         replays: Vec::new(),
         rss: None,
         dashboard: Vec::new(),
