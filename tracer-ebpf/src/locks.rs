@@ -239,16 +239,30 @@ pub fn forget_task_locks() {
 /// down_*_trylock entry (called from vma.rs's trylock programs): stash a watched rwsem.
 #[inline(always)]
 pub fn on_trylock_entry(sem: u64) {
+    if !traced() {
+        return;
+    }
     if order_class_of(sem).is_some() {
         let _ = TRY_PENDING.insert(&tid(), &sem, 0);
+    } else {
+        // A stash left by a skipped return must not be taken for this trylock's (kretprobes
+        // have no arguments to check it against).
+        let _ = TRY_PENDING.remove(&tid());
     }
 }
 
+/// A trylock returned. `arg` is its rwsem where the hook has the arguments (fexit): then the
+/// stash is only a fallback's, and is checked against it. A return hit the kernel skipped
+/// (recursion protection) leaves its stash behind, and the task's next trylock of any rwsem,
+/// watched or not, would otherwise report that old rwsem as taken: a hold nothing releases.
 #[inline(always)]
-fn on_trylock_return<C: EbpfContext + StackIdContext, const WRITE: bool>(ctx: &C, ret: u64) {
+fn on_trylock_return<C: EbpfContext + StackIdContext, const WRITE: bool>(ctx: &C, ret: u64, arg: Option<u64>) {
     let t = tid();
     let Some(sem) = (unsafe { TRY_PENDING.get(&t) }).copied() else { return };
     let _ = TRY_PENDING.remove(&t);
+    if arg.is_some_and(|a| a != sem) {
+        return;
+    }
     if let Some(class) = class_of(sem) {
         let success = ret as u32 == 1;
         if success {
@@ -295,26 +309,26 @@ entry_programs!(up_write_fentry, up_write_kprobe, "up_write", on_up, true);
 /// `int down_read_trylock(struct rw_semaphore *sem)`: fexit slot 1 is the return value.
 #[fexit(function = "down_read_trylock")]
 pub fn down_read_trylock_fexit(ctx: FExitContext) -> u32 {
-    on_trylock_return::<_, false>(&ctx, ctx.arg_u64(1));
+    on_trylock_return::<_, false>(&ctx, ctx.arg_u64(1), Some(ctx.arg_u64(0)));
     0
 }
 
 #[kretprobe]
 pub fn down_read_trylock_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
-    on_trylock_return::<_, false>(&ctx, ret);
+    on_trylock_return::<_, false>(&ctx, ret, None);
     0
 }
 
 #[fexit(function = "down_write_trylock")]
 pub fn down_write_trylock_fexit(ctx: FExitContext) -> u32 {
-    on_trylock_return::<_, true>(&ctx, ctx.arg_u64(1));
+    on_trylock_return::<_, true>(&ctx, ctx.arg_u64(1), Some(ctx.arg_u64(0)));
     0
 }
 
 #[kretprobe]
 pub fn down_write_trylock_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
-    on_trylock_return::<_, true>(&ctx, ret);
+    on_trylock_return::<_, true>(&ctx, ret, None);
     0
 }
