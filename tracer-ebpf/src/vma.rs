@@ -62,6 +62,34 @@ fn believed_set(vma: u64, n: u64) {
 #[map]
 static VMA_GEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Which entry into the kernel a hold was taken in: the user registers saved at that entry
+/// (x86_64 `struct pt_regs`: orig_ax, ip, sp). A per-VMA read lock never outlives the syscall
+/// or fault that took it, so a hold seen from another entry was released unseen, whatever the
+/// VMA's reader count says: readers vmalock never counts (the task_vma iterator's or a
+/// /proc/PID/maps reader's lock_next_vma) can sit on the VMA meanwhile.
+#[derive(Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct EntryId {
+    orig_ax: u64,
+    ip: u64,
+    sp: u64,
+}
+
+/// tid → the entry its hold in TASK_VMA_READ was taken in.
+#[map]
+static TASK_VMA_ENTRY: LruHashMap<u32, EntryId> = LruHashMap::with_max_entries(16384, 0);
+
+/// The current task's entry into the kernel (all zero for a task without user registers).
+#[inline(always)]
+fn entry_id() -> EntryId {
+    const ORIG_AX: usize = 120;
+    const IP: usize = 128;
+    const SP: usize = 152;
+    let regs = unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(aya_ebpf::helpers::generated::bpf_get_current_task_btf()) } as *const u8;
+    let at = |off: usize| unsafe { bpf_probe_read_kernel(regs.wrapping_add(off) as *const u64) }.unwrap_or(0);
+    EntryId { orig_ax: at(ORIG_AX), ip: at(IP), sp: at(SP) }
+}
+
 /// The generation of VMA_GEN each task's hold in TASK_VMA_READ was taken in.
 #[map]
 static TASK_VMA_GEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -408,6 +436,7 @@ fn on_vma_read_locked(vma: u64) {
         }
     }
     let _ = TASK_VMA_GEN.insert(&tid(), &generation, 0);
+    let _ = TASK_VMA_ENTRY.insert(&tid(), &entry_id(), 0);
 }
 
 /// Forgets task `t`'s VMA read hold, if any.
@@ -598,7 +627,8 @@ fn held_vma_read() -> Option<u64> {
 #[inline(always)]
 pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
     let vma = held_vma_read()?;
-    if unsafe { IN_DROP_THEN_LOCK.get(&tid()) }.is_some() {
+    let same_entry = unsafe { TASK_VMA_ENTRY.get(&tid()) }.is_some_and(|e| *e == entry_id());
+    if !same_entry || unsafe { IN_DROP_THEN_LOCK.get(&tid()) }.is_some() {
         forget_vma_hold();
         return None;
     }
@@ -626,6 +656,7 @@ pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
 #[inline(always)]
 fn forget_vma_hold() {
     drop_hold(tid());
+    let _ = TASK_VMA_ENTRY.remove(&tid());
     let _ = TASK_TRYLOCK.remove(&tid());
 }
 
