@@ -163,6 +163,9 @@ pub mod flag {
     pub const SUCCESS: u16 = 1 << 1;
     /// The task started after tracing began, so every lock it holds was seen being taken.
     pub const TASK_NEW: u16 = 1 << 2;
+    /// `ts_ns` is at most one kernel tick early, and never before the task's previous event: a
+    /// default run's kept acquire, sent later (see tracer-ebpf's fold.rs).
+    pub const TS_COARSE: u16 = 1 << 3;
 }
 
 /// Bits in `Config::send_mask`: which kinds the eBPF side sends to userspace.

@@ -171,10 +171,11 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
     // Default runs: balanced mmap_lock pairs stay in the kernel (crate::fold).
     let slot = if cfg.fold != 0 {
         let acquire = kind == tracer_common::kind::MMAP_ACQUIRED;
-        fold::slot(acquire && flags & flag::SUCCESS != 0)
+        fold::slot(pid_tgid as u32, acquire && flags & flag::SUCCESS != 0)
     } else {
         None
     };
+    let mut at = None;
     if let Some(slot) = &slot {
         if kind == tracer_common::kind::MMAP_RELEASED && slot.fold_release(body.mm, flags) {
             return;
@@ -186,7 +187,7 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
             return;
         }
         if let Some(k) = slot.take_kept() {
-            let mut kflags = k.flags;
+            let mut kflags = k.flags | flag::TS_COARSE;
             if current_task_is_new(ctx, cfg.start_ns) {
                 kflags |= flag::TASK_NEW;
             }
@@ -195,7 +196,7 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
             submit_at(tracer_common::kind::MMAP_ACQUIRED, kflags, &kept, pid_tgid as u32, tgid, comm, Some((k.ts_ns, k.cpu)));
             slot.sent(true, k.mm, k.flags);
             if let Some(at) = k.downgrade {
-                let dflags = (kflags & flag::TASK_NEW) | flag::SUCCESS;
+                let dflags = (kflags & flag::TASK_NEW) | flag::SUCCESS | flag::TS_COARSE;
                 submit_at(tracer_common::kind::MMAP_ACQUIRED, dflags, &kept, pid_tgid as u32, tgid, comm, Some(at));
                 slot.sent(true, k.mm, dflags);
             }
@@ -206,11 +207,16 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
         if lock_event {
             slot.sent(kind == tracer_common::kind::MMAP_ACQUIRED, body.mm, flags);
         }
+        // Stamped here so that the slot knows it: see `SlotRef::sent_at`.
+        // SAFETY: helpers without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        slot.sent_at(now);
+        at = Some((now, unsafe { bpf_get_smp_processor_id() }));
     }
     if current_task_is_new(ctx, cfg.start_ns) {
         flags |= flag::TASK_NEW;
     }
-    submit(kind, flags, body, pid_tgid as u32, tgid, bpf_get_current_comm().unwrap_or([0; 16]));
+    submit_at(kind, flags, body, pid_tgid as u32, tgid, bpf_get_current_comm().unwrap_or([0; 16]), at);
 }
 
 /// Sends an event about another task (the VMA snapshot names the VMA's owner); `tgid` is
@@ -233,7 +239,8 @@ fn submit(kind: u16, flags: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16
     submit_at(kind, flags, body, tid, tgid, comm, None)
 }
 
-/// [`submit`] with the timestamp and CPU of an event kept back (crate::fold) instead of now.
+/// [`submit`] with a given timestamp and CPU (an event kept back by crate::fold, or one whose
+/// time the fold slot had to know) instead of now.
 #[inline(always)]
 fn submit_at(kind: u16, flags: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16], at: Option<(u64, u32)>) {
     let Some(cfg) = CONFIG.get(0) else { return };

@@ -13,10 +13,12 @@
 //! an acquire nested in another hold is a lock-order edge and may be a balance verdict.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_jiffies64},
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
 };
+use core::cmp::max;
+
 use tracer_common::{counter, flag};
 
 use crate::emit::count;
@@ -44,9 +46,12 @@ pub struct Slot {
     /// The mm of the last acquire sent. The first acquire of an mm is always sent: it tells the
     /// model the task held nothing hidden there, so a later unmatched release is a verdict.
     known_mm: u64,
+    /// The time of the last event the task sent: a kept acquire sent later is never stamped
+    /// before it (its tick-old time could be, when another task refreshed this CPU's tick).
+    last_ts: u64,
 }
 
-const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, _pad: 0, write_mm: 0, known_mm: 0 };
+const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, _pad: 0, write_mm: 0, known_mm: 0, last_ts: 0 };
 
 /// tid → slot. A plain hash, not LRU: evicting a kept acquire would make its release look
 /// unmatched. When it is full nothing more is folded. Entries go at the task's exit.
@@ -56,6 +61,42 @@ static FOLD: HashMap<u32, Slot> = HashMap::with_max_entries(32768, 0);
 #[inline(always)]
 fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
+}
+
+/// Per CPU: the jiffy of the last kept time read here, and that time.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Tick {
+    jiffies: u64,
+    ns: u64,
+}
+
+#[map]
+static TICK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
+
+/// The time a kept acquire (or its downgrade) is stamped with: the exact clock
+/// (`bpf_ktime_get_ns`, like every other event) read at most once per jiffy per CPU, so at
+/// most one tick early and never late. Almost every kept acquire is dropped with its release
+/// and never sent, and the exact clock (a TSC read) was the largest single cost left on the
+/// folded path: three reads per mmap+munmap, about 3% of the host loop. (The coarse clock
+/// helper is refused to tracing programs.) A kept acquire that is sent carries
+/// `flag::TS_COARSE`; `record` and `--all-events` keep nothing, so their times stay exact.
+#[inline(always)]
+fn kept_time() -> u64 {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_jiffies64() };
+    match TICK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs here do not migrate while they run.
+        Some(t) => unsafe {
+            if (*t).jiffies != now || (*t).ns == 0 {
+                (*t).jiffies = now;
+                (*t).ns = bpf_ktime_get_ns();
+            }
+            (*t).ns
+        },
+        // SAFETY: a helper without arguments.
+        None => unsafe { bpf_ktime_get_ns() },
+    }
 }
 
 /// A kept acquire to send: (mm, flags, timestamp, CPU), and its downgrade if one was kept.
@@ -70,10 +111,10 @@ pub struct Kept {
 /// The current task's slot: one map lookup per event, shared by every step below.
 pub struct SlotRef(*mut Slot);
 
-/// The current task's slot; created when `create` (a successful acquire) and missing.
+/// The slot of the current task `tid` (the caller has read it already: one helper call less
+/// on every hit); created when `create` (a successful acquire) and missing.
 #[inline(always)]
-pub fn slot(create: bool) -> Option<SlotRef> {
-    let tid = tid();
+pub fn slot(tid: u32, create: bool) -> Option<SlotRef> {
     if let Some(p) = FOLD.get_ptr_mut(&tid) {
         return Some(SlotRef(p));
     }
@@ -112,7 +153,7 @@ impl SlotRef {
             if (*s).pend_mm != mm || (*s).pend_flags as u16 & flag::WRITE == 0 || (*s).down_ts != 0 {
                 return false;
             }
-            (*s).down_ts = bpf_ktime_get_ns();
+            (*s).down_ts = kept_time();
             (*s).down_cpu = bpf_get_smp_processor_id();
         }
         true
@@ -128,10 +169,17 @@ impl SlotRef {
                 return None;
             }
             (*s).pend_mm = 0;
+            let ts_ns = max((*s).pend_ts, (*s).last_ts);
             let down = (*s).down_ts;
-            let downgrade = if down != 0 { Some((down, (*s).down_cpu)) } else { None };
-            Some(Kept { mm, flags: (*s).pend_flags as u16, ts_ns: (*s).pend_ts, cpu: (*s).pend_cpu, downgrade })
+            let downgrade = if down != 0 { Some((max(down, ts_ns), (*s).down_cpu)) } else { None };
+            Some(Kept { mm, flags: (*s).pend_flags as u16, ts_ns, cpu: (*s).pend_cpu, downgrade })
         }
+    }
+
+    /// The task sends an event stamped `ts_ns`.
+    #[inline(always)]
+    pub fn sent_at(&self, ts_ns: u64) {
+        unsafe { (*self.0).last_ts = ts_ns };
     }
 
     /// A successful plain acquire: true if it was kept (not sent now). Only when userspace
@@ -144,7 +192,7 @@ impl SlotRef {
                 return false;
             }
             (*s).pend_mm = mm;
-            (*s).pend_ts = bpf_ktime_get_ns();
+            (*s).pend_ts = kept_time();
             (*s).pend_cpu = bpf_get_smp_processor_id();
             (*s).pend_flags = u32::from(flags);
             (*s).down_ts = 0;

@@ -17,6 +17,10 @@ pub struct Event {
     /// The task started after tracing began: every lock it holds was seen being taken.
     #[serde(default, skip_serializing_if = "is_false")]
     pub task_new: bool,
+    /// `ts_ns` is at most one kernel tick early (never before the task's previous event): a
+    /// default run kept this acquire in the kernel and sent it later (tracer-ebpf fold.rs).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ts_coarse: bool,
     /// Events lost on this CPU just before this one (ring buffer full).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_before: u32,
@@ -466,6 +470,7 @@ impl Event {
             tgid: 0,
             comm: String::new(),
             task_new: false,
+            ts_coarse: false,
             lost_before: 0,
             loss_epoch: after.map_or(0, |e| e.loss_epoch),
             stack: None,
@@ -482,6 +487,7 @@ impl Event {
             tgid: 0,
             comm: String::new(),
             task_new: false,
+            ts_coarse: false,
             lost_before: 0,
             loss_epoch: before.loss_epoch,
             stack: None,
@@ -571,6 +577,7 @@ impl Event {
             tgid: raw.tgid,
             comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
             task_new: raw.flags & flag::TASK_NEW != 0,
+            ts_coarse: raw.flags & flag::TS_COARSE != 0,
             lost_before: raw.lost_before,
             loss_epoch: raw.loss_epoch,
             stack: u32::try_from(raw.stack_id).ok(),

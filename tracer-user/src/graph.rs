@@ -38,7 +38,7 @@ mod tests {
     fn graph() -> Graph {
         let mut m = Model::new();
         let mut out = Vec::new();
-        let ev = |tid, what| Event { ts_ns: 1, cpu: 0, tid, tgid: tid, comm: "w".into(), task_new: true, lost_before: 0, loss_epoch: 0, stack: None, what };
+        let ev = |tid, what| Event { ts_ns: 1, cpu: 0, tid, tgid: tid, comm: "w".into(), task_new: true, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack: None, what };
         let (mm, map) = (0xffff_8880_0000_a000, 0xffff_8880_1111_0000);
         for (tid, first_mmap) in [(1, true), (2, false)] {
             let take_mmap = [

@@ -299,6 +299,38 @@ fn default_run_folds_pairs_whole() {
     assert!(stderr.contains("violations: 0"), "{stderr}");
 }
 
+/// A default run stamps an acquire it kept and sent later (fork's nested mmap_lock sends the
+/// parent's kept one) with a tick-old time, marked `ts_coarse`: never before anything the task
+/// sent earlier, never after what made it be sent, and only on acquires.
+#[test]
+fn default_run_stamps_kept_acquires_in_task_order() {
+    if !can_trace("default_run_stamps_kept_acquires_in_task_order") {
+        return;
+    }
+    let _g = serial();
+    let (_d, trace) = tmp("kept.jsonl");
+    let cmd = format!("{} --threads 2 --iters 4", mix());
+    let out = run(&["-c", &cmd, "-o", trace.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines = lines(&trace);
+    let evs = events(&lines);
+    let coarse: Vec<&&Value> = evs.iter().filter(|e| e["ts_coarse"] == true).collect();
+    assert!(!coarse.is_empty(), "no kept acquire was sent: the mix forks, and fork nests mmap_lock under a kept one");
+    assert!(coarse.iter().all(|e| e["kind"] == "mmap_lock_acquired"), "{coarse:?}");
+    // The task's own events, in the order it sent them (snapshots name a VMA's owner, not the
+    // task that sent them, so they are left out).
+    let mut last: HashMap<u64, (u64, &Value)> = HashMap::new();
+    for e in evs.iter().filter(|e| e["kind"] != "vma_snapshot") {
+        let (tid, ts) = (e["tid"].as_u64().unwrap(), e["ts_ns"].as_u64().unwrap());
+        if let Some((prev, pe)) = last.get(&tid) {
+            assert!(ts >= *prev, "task {tid} went back in time:\n{pe}\n{e}");
+        }
+        last.insert(tid, (ts, e));
+    }
+    eprintln!("{} kept acquires sent, each in its task's order", coarse.len());
+}
+
 #[test]
 fn pid_filter_traces_only_that_process_and_stops_when_it_exits() {
     if !can_trace("pid_filter_traces_only_that_process_and_stops_when_it_exits") {

@@ -617,7 +617,7 @@ mod tests {
         }
         fn ev(&mut self, tid: u32, what: What) -> &mut Self {
             self.ts += 1;
-            let ev = Event { ts_ns: self.ts, cpu: 0, tid, tgid: tid, comm: format!("t{tid}"), task_new: true, lost_before: 0, loss_epoch: 0, stack: Some(tid * 100 + self.ts as u32), what };
+            let ev = Event { ts_ns: self.ts, cpu: 0, tid, tgid: tid, comm: format!("t{tid}"), task_new: true, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack: Some(tid * 100 + self.ts as u32), what };
             self.model.apply(&ev, &mut self.out);
             self
         }
@@ -839,7 +839,7 @@ mod tests {
         r.lock(1, AnonVma, ANON, true);
         // Events were lost (its release among them, perhaps): the hold is forgotten.
         r.ts += 1;
-        let ev = Event { ts_ns: r.ts, cpu: 0, tid: 1, tgid: 1, comm: "t1".into(), task_new: true, lost_before: 2, loss_epoch: 1, stack: None, what: What::LockAcquire { class: IMmapRwsem, lock: MAPPING, write: true, trylock: false, success: true, vma_read: None } };
+        let ev = Event { ts_ns: r.ts, cpu: 0, tid: 1, tgid: 1, comm: "t1".into(), task_new: true, ts_coarse: false, lost_before: 2, loss_epoch: 1, stack: None, what: What::LockAcquire { class: IMmapRwsem, lock: MAPPING, write: true, trylock: false, success: true, vma_read: None } };
         r.model.apply(&ev, &mut r.out);
         assert!(r.model.lock_order.graph().edges.is_empty());
         assert!(r.lock_order().is_empty());

@@ -558,6 +558,7 @@ mod tests {
                 tgid: tid - 1,
                 comm: format!("task{tid}"),
                 task_new: tid >= FIRST_NEW,
+                ts_coarse: false,
                 lost_before: 0,
                 loss_epoch: 0,
                 stack: None,

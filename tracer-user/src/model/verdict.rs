@@ -193,9 +193,11 @@ impl fmt::Display for EventLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ev = self.0;
         let mode = |write: bool| if write { "write" } else { "read" };
+        // "~": a default run kept this acquire in the kernel, its time is up to a tick early.
         write!(
             f,
-            "{} cpu {} task {} {}",
+            "{}{} cpu {} task {} {}",
+            if ev.ts_coarse { "~" } else { "" },
             Secs(ev.ts_ns),
             ev.cpu,
             TaskRef::from(ev),
@@ -277,6 +279,7 @@ mod tests {
             tgid: 1230,
             comm: "worker".into(),
             task_new: false,
+            ts_coarse: false,
             lost_before: 0,
             loss_epoch: 0,
             stack: None,
@@ -332,6 +335,16 @@ mod tests {
             "0.000000005s cpu 2 task 1234/1230 (worker) mmap_lock_acquire_returned mm 0xffff888000001000 write\n"
         ));
         assert!(text.contains("12.345678901s cpu 2 task 1234/1230 (worker) mmap_lock_released mm 0xffff888000001000 read\n"));
+    }
+
+    #[test]
+    fn a_kept_acquires_tick_time_is_marked() {
+        let mut v = sample();
+        v.events[0].ts_coarse = true;
+        let text = v.explain();
+        assert!(text.contains("~0.000000005s cpu 2 task 1234/1230 (worker) mmap_lock_acquire_returned"), "{text}");
+        assert!(text.contains(" 12.345678901s cpu 2 task 1234/1230 (worker) mmap_lock_released"), "{text}");
+        assert!(!text.contains("~12.345678901s"), "{text}");
     }
 
     #[test]

@@ -203,7 +203,7 @@ mod tests {
     const READER: u32 = KNOWN | f::MMAP_LOCKED;
 
     fn ev(tid: u32, task_new: bool, what: What) -> Event {
-        Event { ts_ns: 1, cpu: 0, tid, tgid: tid, comm: "t".into(), task_new, lost_before: 0, loss_epoch: 0, stack: Some(7), what }
+        Event { ts_ns: 1, cpu: 0, tid, tgid: tid, comm: "t".into(), task_new, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack: Some(7), what }
     }
 
     fn verdicts(events: &[Event]) -> Vec<Verdict> {

@@ -48,6 +48,8 @@ mod kind {
 /// `Event` flag bits.
 const TASK_NEW: u8 = 1;
 const HAS_STACK: u8 = 2;
+/// `Event::ts_coarse`.
+const TS_COARSE: u8 = 4;
 /// `Option<WalkLock>` for a kernel without walk_lock.
 const NO_WALK_LOCK: u8 = 0xff;
 
@@ -60,7 +62,9 @@ pub fn encode_event(ev: &Event, out: &mut Vec<u8>) {
     e.u32(ev.tgid);
     e.u32(ev.lost_before);
     e.u32(ev.loss_epoch);
-    let flags = if ev.task_new { TASK_NEW } else { 0 } | if ev.stack.is_some() { HAS_STACK } else { 0 };
+    let flags = if ev.task_new { TASK_NEW } else { 0 }
+        | if ev.stack.is_some() { HAS_STACK } else { 0 }
+        | if ev.ts_coarse { TS_COARSE } else { 0 };
     e.u8(flags);
     if let Some(id) = ev.stack {
         e.u32(id);
@@ -180,7 +184,7 @@ pub fn decode_event(body: &[u8]) -> Result<Event, String> {
     let lost_before = d.u32()?;
     let loss_epoch = d.u32()?;
     let flags = d.u8()?;
-    if flags & !(TASK_NEW | HAS_STACK) != 0 {
+    if flags & !(TASK_NEW | HAS_STACK | TS_COARSE) != 0 {
         return Err(format!("unknown event flags {flags:#x}"));
     }
     let stack = if flags & HAS_STACK != 0 { Some(d.u32()?) } else { None };
@@ -248,7 +252,7 @@ pub fn decode_event(body: &[u8]) -> Result<Event, String> {
     if d.i != body.len() {
         return Err(format!("{} bytes left over after the event", body.len() - d.i));
     }
-    Ok(Event { ts_ns, cpu, tid, tgid, comm, task_new: flags & TASK_NEW != 0, lost_before, loss_epoch, stack, what })
+    Ok(Event { ts_ns, cpu, tid, tgid, comm, task_new: flags & TASK_NEW != 0, ts_coarse: flags & TS_COARSE != 0, lost_before, loss_epoch, stack, what })
 }
 
 struct Enc<'a>(&'a mut Vec<u8>);
@@ -407,6 +411,7 @@ mod tests {
                 tgid: 100,
                 comm: if i == 2 { "kworker/ü:1".into() } else { "mix".into() },
                 task_new: i % 2 == 0,
+                ts_coarse: i % 3 == 0,
                 lost_before: if i == 5 { 3 } else { 0 },
                 loss_epoch: if i >= 5 { 1 } else { 0 },
                 stack: (i % 3 == 0).then_some(i as u32),

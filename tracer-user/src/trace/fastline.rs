@@ -32,6 +32,7 @@ pub fn event(line: &[u8]) -> Option<Event> {
     let comm = std::str::from_utf8(s.string()?).ok()?;
     // Written only when true / non-zero / present.
     let task_new = s.opt_lit(b",\"task_new\":true");
+    let ts_coarse = s.opt_lit(b",\"ts_coarse\":true");
     let lost_before = if s.opt_lit(b",\"lost_before\":") { s.u32()? } else { 0 };
     let loss_epoch = if s.opt_lit(b",\"loss_epoch\":") { s.u32()? } else { 0 };
     let stack = if s.opt_lit(b",\"stack\":") { Some(s.u32()?) } else { None };
@@ -84,6 +85,7 @@ pub fn event(line: &[u8]) -> Option<Event> {
         tgid,
         comm: comm.to_owned(),
         task_new,
+        ts_coarse,
         lost_before,
         loss_epoch,
         stack,
@@ -239,6 +241,7 @@ mod tests {
             tgid: 5000,
             comm: "vmalock-bench".into(),
             task_new: false,
+            ts_coarse: false,
             lost_before: 0,
             loss_epoch: 0,
             stack: None,
@@ -284,6 +287,10 @@ mod tests {
         odd.ts_ns = 0;
         odd.comm = "kworker/u8:ü".into();
         v.push(odd);
+        let mut kept = ev(What::MmapLockAcquired { mm, write: true, success: true, vma_read: None, trylock: false });
+        kept.ts_coarse = true;
+        kept.task_new = true;
+        v.push(kept);
         v
     }
 

@@ -122,6 +122,7 @@ mod tests {
             tgid: 2,
             comm: "sh".into(),
             task_new: true,
+            ts_coarse: false,
             lost_before: 0,
             loss_epoch: 0,
             stack: None,

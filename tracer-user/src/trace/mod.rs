@@ -48,6 +48,7 @@ mod tests {
             tgid: 42,
             comm: "a \"quoted\" comm".into(),
             task_new,
+            ts_coarse: false,
             lost_before,
             loss_epoch: lost_before,
             stack: None,
