@@ -230,6 +230,12 @@ pub struct Config {
     /// Which per-task lookups the mmap_lock hooks make ([`watch`] bits): set only when the
     /// hooks that fill those maps are attached, so a kernel without them pays nothing.
     pub watch: u32,
+    /// Non-zero: only tasks whose `comm` is [`Config::comm`] are traced (`--comm`), on top of
+    /// the TGID filter. Zero costs the hooks one load and branch.
+    pub comm_filter: u32,
+    pub _pad: u32,
+    /// The `comm` (NUL-padded, at most 15 bytes) `comm_filter` asks for.
+    pub comm: [u8; 16],
 }
 
 /// `Config::watch` bits.

@@ -97,15 +97,41 @@ pub fn watching() -> u32 {
     CONFIG.get(0).map(|c| c.watch).unwrap_or(0)
 }
 
-/// The filter: true when the current task is traced (CONFIG's tgid).
+/// The filter: true when the current task is traced (CONFIG's tgid, and its comm if set).
 #[inline(always)]
 pub fn traced() -> bool {
     let Some(cfg) = CONFIG.get(0) else { return false };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    cfg.tgid == TGID_ALL || cfg.tgid == tgid
+    passes(cfg, tgid)
 }
 
-/// The filter for another task's thread group.
+/// The current task (of thread group `tgid`) passes the TGID and comm filters.
+#[inline(always)]
+fn passes(cfg: &Config, tgid: u32) -> bool {
+    if cfg.tgid != TGID_ALL && cfg.tgid != tgid {
+        return false;
+    }
+    cfg.comm_filter == 0 || same_comm(&bpf_get_current_comm().unwrap_or([0; 16]), &cfg.comm)
+}
+
+/// Two NUL-padded comms compared as two words: a byte loop could become a memcmp call, which
+/// BPF does not have.
+#[inline(always)]
+fn same_comm(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let word = |c: &[u8; 16], at: usize| {
+        let mut w = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            w |= (c[at + i] as u64) << (8 * i);
+            i += 1;
+        }
+        w
+    };
+    word(a, 0) == word(b, 0) && word(a, 8) == word(b, 8)
+}
+
+/// The TGID filter for another task's thread group (its comm is checked where it is read:
+/// [`emit_for`]).
 #[inline(always)]
 pub fn traced_tgid(tgid: u32) -> bool {
     let Some(cfg) = CONFIG.get(0) else { return false };
@@ -158,7 +184,7 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
     let Some(cfg) = CONFIG.get(0) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if cfg.tgid != TGID_ALL && cfg.tgid != tgid {
+    if !passes(cfg, tgid) {
         return;
     }
     bump(counter::SEEN_BASE + kind as u32, 1);
@@ -225,6 +251,9 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
 pub fn emit_for(kind: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16]) {
     let Some(cfg) = CONFIG.get(0) else { return };
     if cfg.tgid != TGID_ALL && cfg.tgid != tgid {
+        return;
+    }
+    if cfg.comm_filter != 0 && !same_comm(&comm, &cfg.comm) {
         return;
     }
     bump(counter::SEEN_BASE + kind as u32, 1);

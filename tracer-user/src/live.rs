@@ -28,6 +28,8 @@ use crate::{
 pub struct RunOptions {
     /// `-p PID`: trace this process only, until it exits.
     pub pid: Option<u32>,
+    /// `--comm NAME` (NUL-padded, see `loader::comm_bytes`): only tasks of that name.
+    pub comm: Option<[u8; 16]>,
     /// `-c CMD`: run this command, trace it only, stop when it exits.
     pub command: Option<Vec<String>>,
     /// `-d SECS`.
@@ -133,6 +135,10 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
 
     let send_mask = if opts.all_events { all_send_mask() } else { default_send_mask() };
     tracer.fold_pairs(!opts.all_events);
+    if let Some(c) = opts.comm {
+        tracer.filter_comm(c);
+    }
+    let comm_name = opts.comm.map(|c| String::from_utf8_lossy(&c).trim_end_matches('\0').to_string());
     let (mut held, tgid, start_ns) = match (&opts.command, opts.pid) {
         (Some(argv), _) => {
             let born_after = loader::monotonic_ns();
@@ -147,11 +153,14 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     };
 
     // Like bpftrace's "Attaching N probes...": the moment events start to flow, on stderr.
-    let target = match (&held, tgid) {
+    let mut target = match (&held, tgid) {
         (Some(_), pid) => format!("command (pid {pid})"),
         (None, TGID_ALL) => "all tasks".to_string(),
         (None, pid) => format!("pid {pid}"),
     };
+    if let Some(name) = &comm_name {
+        target += &format!(" named {name:?}");
+    }
     let mut families: std::collections::BTreeSet<&str> = tracer.attached.hooks.values().map(String::as_str).collect();
     let fn_hooks: Vec<&str> = tracer
         .attached
@@ -189,7 +198,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         monotonic_start_ns: start_ns,
         unix_start_ns: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
         command: opts.argv.clone(),
-        filter: Filter { tgid: (tgid != TGID_ALL).then_some(tgid) },
+        filter: Filter { tgid: (tgid != TGID_ALL).then_some(tgid), comm: comm_name.clone() },
         all_events: opts.all_events,
         folded_pairs: !opts.all_events,
         capabilities: serde_json::to_value(&tracer.attached)?,

@@ -79,6 +79,8 @@ pub struct Tracer {
     fold: bool,
     /// `Config::watch`: the per-task lookups whose hooks are attached.
     watch: u32,
+    /// `--comm`: only tasks of this name (NUL-padded), on top of the TGID filter.
+    comm: Option<[u8; 16]>,
     /// `TP_BTF_WRITE_ARG` as loaded; 0 when tp_btf cannot be used for mmap_lock.
     write_arg: u32,
     /// The loaded iter/task_vma program, when snapshots are on and work.
@@ -204,6 +206,7 @@ impl Tracer {
             wakeup_bytes: u64::from(opts.ring_bytes / 4),
             fold: false,
             watch: 0,
+            comm: None,
             write_arg,
             snapshots: false,
             snapshot_round: 0,
@@ -416,7 +419,17 @@ impl Tracer {
     }
 
     fn configure(&mut self, start_ns: u64, tgid: u32, send_mask: u32) -> Result<()> {
-        let cfg = Config { start_ns, tgid, send_mask, wakeup_bytes: self.wakeup_bytes, fold: u32::from(self.fold), watch: self.watch };
+        let cfg = Config {
+            start_ns,
+            tgid,
+            send_mask,
+            wakeup_bytes: self.wakeup_bytes,
+            fold: u32::from(self.fold),
+            watch: self.watch,
+            comm_filter: u32::from(self.comm.is_some()),
+            _pad: 0,
+            comm: self.comm.unwrap_or([0; 16]),
+        };
         let mut map: Array<&mut MapData, Config> =
             Array::try_from(self.ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?)?;
         map.set(0, cfg, 0).context("writing the CONFIG map")?;
@@ -429,6 +442,12 @@ impl Tracer {
     /// `record`/`--all-events`, whose traces must hold every event. Call before `start`.
     pub fn fold_pairs(&mut self, on: bool) {
         self.fold = on;
+    }
+
+    /// `--comm NAME`: trace only tasks whose comm is `name` (checked by [`comm_bytes`]). Call
+    /// before `start`.
+    pub fn filter_comm(&mut self, name: [u8; 16]) {
+        self.comm = Some(name);
     }
 
     /// Starts the flow of events for `tgid` (a process, or [`tracer_common::TGID_ALL`]) and
@@ -608,4 +627,38 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `--comm NAME` as the kernel stores a comm: at most 15 bytes, NUL-padded to 16
+/// (TASK_COMM_LEN). A longer name can match no task, since the kernel truncates every comm to
+/// 15 bytes, so it is refused with the name that would match.
+pub fn comm_bytes(name: &str) -> Result<[u8; 16]> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.contains(&0) {
+        bail!("--comm needs a task name (as in /proc/PID/comm)");
+    }
+    if b.len() > 15 {
+        let cut = (0..=15).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
+        bail!(
+            "--comm {name}: the kernel keeps at most 15 bytes of a task's name (TASK_COMM_LEN), so no task is named that; use --comm {}",
+            &name[..cut]
+        );
+    }
+    let mut out = [0u8; 16];
+    out[..b.len()].copy_from_slice(b);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod comm_tests {
+    use super::comm_bytes;
+
+    #[test]
+    fn comm_is_padded_and_long_names_name_their_kernel_form() {
+        assert_eq!(&comm_bytes("bash").unwrap()[..5], b"bash\0");
+        assert_eq!(comm_bytes("fifteen-bytes-x").unwrap()[15], 0);
+        let e = comm_bytes("vmalock-workload").unwrap_err().to_string();
+        assert!(e.contains("use --comm vmalock-workloa"), "{e}");
+        assert!(comm_bytes("").is_err());
+    }
 }

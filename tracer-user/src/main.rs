@@ -72,6 +72,10 @@ struct TraceArgs {
     /// stop when it exits.
     #[arg(short = 'c', long = "command", conflicts_with = "pid")]
     command: Option<String>,
+    /// Trace only tasks with this name (their comm, as /proc/PID/comm shows it; at most 15
+    /// bytes), filtered in the kernel. With -p or -c, both must match.
+    #[arg(long = "comm", value_name = "NAME")]
+    comm: Option<String>,
     /// Stop after this many seconds.
     #[arg(short = 'd', long = "duration")]
     duration: Option<f64>,
@@ -174,6 +178,7 @@ fn run_options(a: &TraceArgs, record: bool) -> Result<live::RunOptions> {
     }
     Ok(live::RunOptions {
         pid: a.pid,
+        comm: a.comm.as_deref().map(vmalock::loader::comm_bytes).transpose()?,
         command: a.command.as_deref().map(child::split_command),
         duration: a.duration.map(Duration::from_secs_f64),
         output: a.output.clone(),

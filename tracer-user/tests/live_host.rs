@@ -361,6 +361,42 @@ fn pid_filter_traces_only_that_process_and_stops_when_it_exits() {
     assert!(evs.iter().any(|e| e["tid"].as_u64() != Some(pid as u64) && e["task_new"] == true));
 }
 
+/// `--comm NAME` traces only tasks of that name, filtered in the kernel: a whole-system run
+/// while the mix runs sees the mix's threads and nothing else (vmalock's own mmap_lock use
+/// included), says so, and records the filter in the trace header.
+#[test]
+fn comm_filter_traces_only_tasks_of_that_name() {
+    if !can_trace("comm_filter_traces_only_tasks_of_that_name") {
+        return;
+    }
+    let _g = serial();
+    // The kernel's comm: the executable's name, cut to 15 bytes.
+    let file = std::path::Path::new(mix()).file_name().unwrap().to_string_lossy().into_owned();
+    let name: String = file.chars().scan(0, |n, c| { *n += c.len_utf8(); (*n <= 15).then_some(c) }).collect();
+    let mut busy = std::process::Command::new(mix())
+        .args(["--threads", "2", "--iters", "100000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (_d, trace) = tmp("comm.jsonl");
+    let out = run(&["--comm", &name, "-d", "1.5", "-o", trace.to_str().unwrap()]);
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("tracing all tasks named {name:?}")), "{stderr}");
+    let lines = lines(&trace);
+    assert_eq!(lines[0]["filter"]["comm"], name.as_str());
+    let evs = events(&lines);
+    assert!(!evs.is_empty(), "the mix ran under the filter, yet nothing was traced: {stderr}");
+    let others: Vec<&&Value> = evs.iter().filter(|e| e["comm"] != name.as_str()).collect();
+    assert!(others.is_empty(), "{} events from other tasks, first: {}", others.len(), others[0]);
+    // A name no task can have is refused before anything is loaded, naming the one that fits.
+    let long = run(&["--comm", "vmalock-workload", "-d", "1"]);
+    assert_eq!(long.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&long.stderr).contains("use --comm vmalock-workloa"));
+}
+
 #[test]
 fn sigterm_and_sigint_detach_cleanly_with_exit_0() {
     if !can_trace("sigterm_and_sigint_detach_cleanly_with_exit_0") {

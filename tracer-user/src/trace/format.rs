@@ -78,6 +78,9 @@ impl Default for Header {
 pub struct Filter {
     /// Only this process, or every task if `None`.
     pub tgid: Option<u32>,
+    /// Only tasks of this comm (`--comm`); absent when every name was traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
 }
 
 /// Last line, written when a recording ends cleanly.

@@ -32,7 +32,7 @@ mod tests {
                 "-o".into(),
                 "t.jsonl".into(),
             ],
-            filter: Filter { tgid: Some(42) },
+            filter: Filter { tgid: Some(42), comm: Some("worker".into()) },
             all_events: true,
             capabilities: serde_json::json!({"tracepoint:mmap_lock": true}),
             layout: serde_json::json!({"mm_struct": {"size": 1024}}),
