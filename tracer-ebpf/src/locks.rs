@@ -88,6 +88,16 @@ fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// Sets `key` to `value` unless it already is: learn() sees the same VMAs over and over (every
+/// vma_start_write and per-VMA read lock), and a lookup costs far less than an LRU update,
+/// which takes a new element and frees the old one each time.
+#[inline(always)]
+fn remember(map: &LruHashMap<u64, u64>, key: u64, value: u64) {
+    if unsafe { map.get(&key) }.copied() != Some(value) {
+        let _ = map.insert(&key, &value, 0);
+    }
+}
+
 /// Remembers the rwsems reachable from `vma`: its file's i_mmap_rwsem and i_rwsem, its
 /// anon_vma root's rwsem (include/linux/rmap.h anon_vma_lock_write locks `root->rwsem`).
 #[inline(always)]
@@ -99,24 +109,24 @@ pub fn learn(vma: u64) {
     if VM_LOCK_WRITES.load() != 0 && l.known & layout::VMA_VM_LOCK != 0 {
         if let Some(lock) = read::<u64>(vma, l.vma_vm_lock).filter(|p| *p != 0) {
             let sem = lock + l.vma_lock_rwsem as u64;
-            let _ = VM_LOCK_VMA.insert(&sem, &vma, 0);
-            let _ = LOCK_CLASS.insert(&sem, &lock_class::VMA_WRITE, 0);
+            remember(&VM_LOCK_VMA, sem, vma);
+            remember(&LOCK_CLASS, sem, lock_class::VMA_WRITE);
         }
     }
     if l.known & layout::LOCK_FILE != 0 {
         if let Some(file) = read::<u64>(vma, l.vma_file).filter(|f| *f != 0) {
             if let Some(mapping) = read::<u64>(file, l.file_mapping).filter(|m| *m != 0) {
-                let _ = LOCK_CLASS.insert(&(mapping + l.mapping_i_mmap_rwsem as u64), &lock_class::I_MMAP_RWSEM, 0);
+                remember(&LOCK_CLASS, mapping + l.mapping_i_mmap_rwsem as u64, lock_class::I_MMAP_RWSEM);
             }
             if let Some(inode) = read::<u64>(file, l.file_inode).filter(|i| *i != 0) {
-                let _ = LOCK_CLASS.insert(&(inode + l.inode_i_rwsem as u64), &lock_class::I_RWSEM, 0);
+                remember(&LOCK_CLASS, inode + l.inode_i_rwsem as u64, lock_class::I_RWSEM);
             }
         }
     }
     if l.known & layout::LOCK_ANON != 0 {
         if let Some(av) = read::<u64>(vma, l.vma_anon_vma).filter(|a| *a != 0) {
             let root = read::<u64>(av, l.anon_vma_root).filter(|r| *r != 0).unwrap_or(av);
-            let _ = LOCK_CLASS.insert(&(root + l.anon_vma_rwsem as u64), &lock_class::ANON_VMA, 0);
+            remember(&LOCK_CLASS, root + l.anon_vma_rwsem as u64, lock_class::ANON_VMA);
         }
     }
 }

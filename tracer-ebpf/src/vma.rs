@@ -22,10 +22,22 @@ use crate::{
     locks::{learn, on_trylock_entry},
 };
 
-/// The per-VMA read lock each traced task holds now: tid → vma (lock_vma_under_rcu returned
-/// it, vma_end_read has not run). LRU so a task whose release we never saw cannot fill it.
+/// The per-VMA read lock a task holds (lock_vma_under_rcu returned it, vma_end_read has not
+/// run), with what tells whether it can still be believed.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Hold {
+    vma: u64,
+    /// The VMA's hold generation ([`VMA_GEN`]) when it was taken.
+    generation: u64,
+    /// The entry into the kernel it was taken in.
+    entry: EntryId,
+}
+
+/// tid → the per-VMA read lock it holds now: one lookup on the fault path and at every
+/// mmap_lock attempt. LRU so a task whose release we never saw cannot fill it.
 #[map]
-pub static TASK_VMA_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+static TASK_VMA_READ: LruHashMap<u32, Hold> = LruHashMap::with_max_entries(16384, 0);
 
 /// How many of the per-VMA read holds in TASK_VMA_READ name each VMA. vma_end_read() is inline
 /// almost everywhere, so a release can go unseen; comparing this with the VMA's real reader
@@ -75,10 +87,6 @@ pub struct EntryId {
     sp: u64,
 }
 
-/// tid → the entry its hold in TASK_VMA_READ was taken in.
-#[map]
-static TASK_VMA_ENTRY: LruHashMap<u32, EntryId> = LruHashMap::with_max_entries(16384, 0);
-
 /// The current task's entry into the kernel (all zero for a task without user registers).
 #[inline(always)]
 fn entry_id() -> EntryId {
@@ -89,10 +97,6 @@ fn entry_id() -> EntryId {
     let at = |off: usize| unsafe { bpf_probe_read_kernel(regs.wrapping_add(off) as *const u64) }.unwrap_or(0);
     EntryId { orig_ax: at(ORIG_AX), ip: at(IP), sp: at(SP) }
 }
-
-/// The generation of VMA_GEN each task's hold in TASK_VMA_READ was taken in.
-#[map]
-static TASK_VMA_GEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn gen_of(vma: u64) -> u64 {
@@ -423,7 +427,6 @@ fn on_vma_read_locked(vma: u64) {
     learn(vma);
     // A hold this task still had was released unseen: it cannot hold two at once here.
     drop_hold(tid());
-    let _ = TASK_VMA_READ.insert(&tid(), &vma, 0);
     believed_add(vma, 1);
     let mut generation = gen_of(vma);
     // Every hold on the VMA right now is a reader of it, ours included: believing more holds
@@ -435,21 +438,17 @@ fn on_vma_read_locked(vma: u64) {
             let _ = VMA_GEN.insert(&vma, &generation, 0);
         }
     }
-    let _ = TASK_VMA_GEN.insert(&tid(), &generation, 0);
-    let _ = TASK_VMA_ENTRY.insert(&tid(), &entry_id(), 0);
+    let _ = TASK_VMA_READ.insert(&tid(), &Hold { vma, generation, entry: entry_id() }, 0);
 }
 
 /// Forgets task `t`'s VMA read hold, if any.
 #[inline(always)]
 fn drop_hold(t: u32) {
-    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
+    if let Some(h) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
         let _ = TASK_VMA_READ.remove(&t);
-        let vma = held;
-        let generation = unsafe { TASK_VMA_GEN.get(&t) }.copied().unwrap_or(0);
-        let _ = TASK_VMA_GEN.remove(&t);
         // A hold of an older generation was already left out of the count.
-        if generation == gen_of(vma) {
-            believed_add(vma, -1);
+        if h.generation == gen_of(h.vma) {
+            believed_add(h.vma, -1);
         }
     }
 }
@@ -471,7 +470,7 @@ pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn on_vma_read_dropped(vma: u64) {
     let t = tid();
-    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
+    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.map(|h| h.vma) {
         if vma == 0 || held == vma {
             count(counter::VMA_READ_DROPPED);
             drop_hold(t);
@@ -600,18 +599,6 @@ pub fn took_trylock(sem: u64) -> bool {
     hit
 }
 
-/// The VMA the current task holds read-locked, if the read-lock probes are attached.
-#[inline(always)]
-fn held_vma_read() -> Option<u64> {
-    let t = tid();
-    let vma = unsafe { TASK_VMA_READ.get(&t) }.copied()?;
-    // A hold from before the VMA's last reset may be one of the stale ones: not trusted.
-    let generation = unsafe { TASK_VMA_GEN.get(&t) }.copied().unwrap_or(0);
-    if generation != gen_of(vma) {
-        return None;
-    }
-    Some(vma)
-}
 
 /// The VMA the current task holds read-locked, if that hold can be believed now.
 ///
@@ -626,9 +613,14 @@ fn held_vma_read() -> Option<u64> {
 /// the hooks never counted (a /proc/PID/maps reader's lock_next_vma) may sit on the VMA.
 #[inline(always)]
 pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
-    let vma = held_vma_read()?;
-    let same_entry = unsafe { TASK_VMA_ENTRY.get(&tid()) }.is_some_and(|e| *e == entry_id());
-    if !same_entry || unsafe { IN_DROP_THEN_LOCK.get(&tid()) }.is_some() {
+    let t = tid();
+    let h = unsafe { TASK_VMA_READ.get(&t) }.copied()?;
+    // A hold from before the VMA's last reset may be one of the stale ones: not trusted.
+    if h.generation != gen_of(h.vma) {
+        return None;
+    }
+    let vma = h.vma;
+    if h.entry != entry_id() || unsafe { IN_DROP_THEN_LOCK.get(&t) }.is_some() {
         forget_vma_hold();
         return None;
     }
@@ -656,7 +648,6 @@ pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
 #[inline(always)]
 fn forget_vma_hold() {
     drop_hold(tid());
-    let _ = TASK_VMA_ENTRY.remove(&tid());
     let _ = TASK_TRYLOCK.remove(&tid());
 }
 
