@@ -108,10 +108,19 @@ pub fn traced() -> bool {
 /// The current task (of thread group `tgid`) passes the TGID and comm filters.
 #[inline(always)]
 fn passes(cfg: &Config, tgid: u32) -> bool {
-    if cfg.tgid != TGID_ALL && cfg.tgid != tgid {
-        return false;
-    }
-    cfg.comm_filter == 0 || same_comm(&bpf_get_current_comm().unwrap_or([0; 16]), &cfg.comm)
+    passes_as(cfg, tgid, || bpf_get_current_comm().unwrap_or([0; 16]))
+}
+
+/// A task of thread group `tgid` whose comm `comm()` gives (read only when a comm filter is
+/// set) passes the TGID and comm filters.
+#[inline(always)]
+fn passes_as(cfg: &Config, tgid: u32, comm: impl FnOnce() -> [u8; 16]) -> bool {
+    tgid_passes(cfg, tgid) && (cfg.comm_filter == 0 || same_comm(&comm(), &cfg.comm))
+}
+
+#[inline(always)]
+fn tgid_passes(cfg: &Config, tgid: u32) -> bool {
+    cfg.tgid == TGID_ALL || cfg.tgid == tgid
 }
 
 /// Two NUL-padded comms compared as two words: a byte loop could become a memcmp call, which
@@ -134,8 +143,7 @@ fn same_comm(a: &[u8; 16], b: &[u8; 16]) -> bool {
 /// [`emit_for`]).
 #[inline(always)]
 pub fn traced_tgid(tgid: u32) -> bool {
-    let Some(cfg) = CONFIG.get(0) else { return false };
-    cfg.tgid == TGID_ALL || cfg.tgid == tgid
+    CONFIG.get(0).is_some_and(|cfg| tgid_passes(cfg, tgid))
 }
 
 /// Counts an aggregated occurrence (per CPU) without sending anything.
@@ -250,10 +258,7 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
 #[inline(always)]
 pub fn emit_for(kind: u16, body: &Body, tid: u32, tgid: u32, comm: [u8; 16]) {
     let Some(cfg) = CONFIG.get(0) else { return };
-    if cfg.tgid != TGID_ALL && cfg.tgid != tgid {
-        return;
-    }
-    if cfg.comm_filter != 0 && !same_comm(&comm, &cfg.comm) {
+    if !passes_as(cfg, tgid, || comm) {
         return;
     }
     bump(counter::SEEN_BASE + kind as u32, 1);
