@@ -104,25 +104,38 @@ pass=0; fail=0; skip=0
 for t in /tests/*; do
   name=${t##*/}
   : > /tmp/skips; : > /tmp/found
-  VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_FOUND_LOG=/tmp/found VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix \
-    "$t" --test-threads=1 > /tmp/out 2>&1
-  # libtest: "test NAME ... ok|FAILED|ignored"; a skip is an "ok" whose name is in the skip log.
-  while read -r word tname dots verdict rest; do
-    [ "$word" = test ] && [ "$dots" = "..." ] || continue
-    why=$(grep "^$tname: " /tmp/skips | head -n 1 | cut -d: -f2-)
-    if [ "$verdict" = ok ] && [ -n "$why" ]; then
-      echo "VMALOCK-RESULT $name::$tname skip$why"; skip=$((skip+1))
-    elif [ "$verdict" = ok ]; then
-      echo "VMALOCK-RESULT $name::$tname pass"; pass=$((pass+1))
-    else
+  # One test per process, so each gets its own wall time: the suite's budget is spent where
+  # these lines say (the slowest are listed on the host).
+  "$t" --list --format=terse 2>/dev/null | sed -n 's/: test$//p' > /tmp/list
+  while read -r tname; do
+    start=$(date +%s)
+    VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_FOUND_LOG=/tmp/found VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix \
+      "$t" --exact "$tname" --test-threads=1 > /tmp/out 2>&1
+    echo "VMALOCK-TIME $name::$tname $(( $(date +%s) - start ))"
+    # libtest: "test NAME ... ok|FAILED|ignored"; a skip is an "ok" whose name is in the skip log.
+    seen=0
+    while read -r word rname dots verdict rest; do
+      [ "$word" = test ] && [ "$dots" = "..." ] && [ "$rname" = "$tname" ] || continue
+      seen=1
+      why=$(grep "^$tname: " /tmp/skips | head -n 1 | cut -d: -f2-)
+      if [ "$verdict" = ok ] && [ -n "$why" ]; then
+        echo "VMALOCK-RESULT $name::$tname skip$why"; skip=$((skip+1))
+      elif [ "$verdict" = ok ]; then
+        echo "VMALOCK-RESULT $name::$tname pass"; pass=$((pass+1))
+      else
+        echo "VMALOCK-RESULT $name::$tname fail"; fail=$((fail+1))
+      fi
+    done < /tmp/out
+    # A test process that died before libtest printed its verdict (a signal, an abort) failed.
+    if [ "$seen" = 0 ]; then
       echo "VMALOCK-RESULT $name::$tname fail"; fail=$((fail+1))
     fi
-  done < /tmp/out
+    if [ "$seen" = 0 ] || grep -q "FAILED" /tmp/out; then
+      echo "VMALOCK-OUTPUT-BEGIN $name::$tname"; cat /tmp/out; echo "VMALOCK-OUTPUT-END $name::$tname"
+    fi
+  done < /tmp/list
   # What the regressions suite found, rule by rule (for the README's rule table).
   while read -r found; do echo "VMALOCK-FOUND $found"; done < /tmp/found
-  if grep -q "FAILED" /tmp/out; then
-    echo "VMALOCK-OUTPUT-BEGIN $name"; cat /tmp/out; echo "VMALOCK-OUTPUT-END $name"
-  fi
 done
 echo "VMALOCK-SUMMARY passed=$pass failed=$fail skipped=$skip"
 sync

@@ -238,6 +238,7 @@ fn run_kernel(k: &manifest::Kernel, apt: &apt::Apt, cache: &Path, bins: &guest::
     let parsed = parse_serial(&boot.serial, boot.timed_out, &k.expect, module.is_some());
     std::fs::write(reports.join(format!("{}.probe.txt", k.name)), &parsed.probe)?;
     results.extend(parsed.results);
+    print_slowest(&k.name, &parsed.times);
     if results.iter().any(|(_, s)| matches!(s, Status::Fail(_))) {
         println!("--- {}: last lines of the serial log ({})", k.name, log.display());
         for l in tail(&boot.serial, 40) {
@@ -268,6 +269,8 @@ pub struct Parsed {
     pub results: Vec<(String, Status)>,
     /// `VMALOCK-FOUND` lines, without the marker.
     pub found: Vec<String>,
+    /// Each test's wall time in the guest, in seconds (`VMALOCK-TIME`).
+    pub times: Vec<(String, u64)>,
 }
 
 /// Reads the guest's serial log: the boot marker, the probe report, the result lines, the summary.
@@ -279,6 +282,7 @@ pub fn parse_serial(serial: &str, timed_out: bool, expect: &[String], module_exp
     let mut summary = false;
     let mut module_line = None;
     let mut found = Vec::new();
+    let mut times = Vec::new();
     for line in serial.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(r) = line.strip_prefix("VMALOCK-GUEST-BOOTED ") {
@@ -301,6 +305,10 @@ pub fn parse_serial(serial: &str, timed_out: bool, expect: &[String], module_exp
                 _ => Status::Fail("failed in the guest (its output is in the serial log)".into()),
             };
             results.push((name, status));
+        } else if let Some(t) = line.strip_prefix("VMALOCK-TIME ") {
+            if let Some((name, secs)) = t.rsplit_once(' ').and_then(|(n, s)| Some((n.to_string(), s.parse().ok()?))) {
+                times.push((name, secs));
+            }
         } else if let Some(f) = line.strip_prefix("VMALOCK-FOUND ") {
             found.push(f.to_string());
         } else if line.starts_with("VMALOCK-SUMMARY ") {
@@ -345,7 +353,20 @@ pub fn parse_serial(serial: &str, timed_out: bool, expect: &[String], module_exp
             Status::Fail(if timed_out { "timed out before the summary line".into() } else { "no summary line".into() }),
         ));
     }
-    Parsed { release, probe, results, found }
+    Parsed { release, probe, results, found, times }
+}
+
+/// Where a suite's wall time went: the five slowest tests and the total, so a suite that
+/// creeps towards its timeout (or CI's) shows which test to make cheaper.
+fn print_slowest(kernel: &str, times: &[(String, u64)]) {
+    if times.is_empty() {
+        return;
+    }
+    let mut by_time = times.to_vec();
+    by_time.sort_by(|a, b| b.1.cmp(&a.1));
+    let total: u64 = times.iter().map(|t| t.1).sum();
+    let top: Vec<String> = by_time.iter().take(5).map(|(n, s)| format!("{n} {s} s")).collect();
+    println!("vm: {kernel}: {} tests took {total} s; slowest: {}", times.len(), top.join(", "));
 }
 
 fn tail(s: &str, n: usize) -> Vec<&str> {
@@ -455,7 +476,7 @@ pub fn tally(runs: &[KernelRun]) -> (u64, u64, u64) {
 mod tests {
     use super::*;
 
-    const LOG: &str = "[    0.0] Linux version 6.12.1\nVMALOCK-GUEST-BOOTED 6.12.1-amd64\nVMALOCK-MODULE loaded\nVMALOCK-PROBE-BEGIN\n  tp_btf      works    ok\n  fentry      REFUSED  EPERM\nVMALOCK-PROBE-END\nVMALOCK-RESULT live_host::a pass\nVMALOCK-RESULT live_host::b skip needs root\nVMALOCK-RESULT live_host::c fail\nVMALOCK-FOUND new-vma-locked\titem 5\tlive\nVMALOCK-SUMMARY passed=1 failed=1 skipped=1\n";
+    const LOG: &str = "[    0.0] Linux version 6.12.1\nVMALOCK-GUEST-BOOTED 6.12.1-amd64\nVMALOCK-MODULE loaded\nVMALOCK-PROBE-BEGIN\n  tp_btf      works    ok\n  fentry      REFUSED  EPERM\nVMALOCK-PROBE-END\nVMALOCK-TIME live_host::a 12\nVMALOCK-RESULT live_host::a pass\nVMALOCK-RESULT live_host::b skip needs root\nVMALOCK-RESULT live_host::c fail\nVMALOCK-FOUND new-vma-locked\titem 5\tlive\nVMALOCK-SUMMARY passed=1 failed=1 skipped=1\n";
 
     #[test]
     fn parses_results_probe_and_expectations() {
@@ -471,6 +492,7 @@ mod tests {
         assert!(matches!(get("live_host::c"), Status::Fail(_)));
         assert!(!p.results.iter().any(|(t, _)| t == "summary"));
         assert_eq!(p.found, ["new-vma-locked\titem 5\tlive"]);
+        assert_eq!(p.times, [("live_host::a".to_string(), 12)]);
     }
 
     #[test]
