@@ -269,8 +269,11 @@ pub mod counter {
     pub const FOLDED_PAIRS: u32 = 5;
     /// VMA events whose facts already showed them legal, kept in the kernel (default runs).
     pub const LEGAL_KEPT: u32 = 6;
+    /// Reads of the current task's start_time that failed (a wrong BTF offset): those events
+    /// are not marked TASK_NEW. The daemon warns when it is not zero.
+    pub const START_TIME_UNREADABLE: u32 = 7;
     /// Hook invocations that passed the TGID filter, indexed by `SEEN_BASE + kind`.
-    pub const SEEN_BASE: u32 = 7;
+    pub const SEEN_BASE: u32 = 8;
     pub const COUNT: u32 = SEEN_BASE + super::kind::COUNT as u32;
 }
 

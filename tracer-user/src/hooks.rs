@@ -237,7 +237,10 @@ fn attach<'a>(ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf, hooks: impl Iterator
                 At::Entry => ("fentry", "kprobe"),
                 At::Exit => ("fexit", "kretprobe"),
             };
-            match attach_trampoline(ebpf, h, btf) {
+            let t = std::time::Instant::now();
+            let r = attach_trampoline(ebpf, h, btf);
+            log::debug!("start-up: {tramp} {} ({}) in {} ms", h.key(), h.role, t.elapsed().as_millis());
+            match r {
                 Ok(()) => HookState::Attached(tramp.into()),
                 Err(e1) => match h.probe {
                     None => HookState::Unavailable(format!("{tramp} refused: {}; a {probe} cannot see this hook's arguments", why(&e1))),

@@ -123,7 +123,9 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
             anyhow::bail!("-p {pid}: no such process");
         }
     let out = opts.output.as_deref().map(create_output).transpose()?;
+    let t = std::time::Instant::now();
     let kbtf = KernelBtf::open()?;
+    log::debug!("start-up: kernel BTF read in {} ms", t.elapsed().as_millis());
     let mut tracer = Tracer::load(
         &Options { ring_bytes: opts.ring_bytes, force_tracepoint: opts.force_tracepoint, snapshot_ms: opts.snapshot_ms, every_hook: opts.all_events },
         &kbtf,
@@ -305,6 +307,14 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         l.get_mut().flush();
     }
     let counters = tracer.counters()?;
+    if counters.start_time_unreadable > 0 {
+        log::warn!(
+            "task_struct.start_time could not be read {} times: those events are not marked as from tasks traced since birth, \
+             so what such a task held before its first event is unknown and a release it never took can go unreported. \
+             The offset comes from this kernel's BTF: please report it with `vmalock probe`'s output",
+            counters.start_time_unreadable
+        );
+    }
     if let (Some(c), false) = (held.as_ref(), matches!(stop, Stop::ChildExited(_))) {
         HeldChild::terminate(c.pid);
     }

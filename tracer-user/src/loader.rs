@@ -191,7 +191,16 @@ impl Tracer {
         // 6.4-6.12: vma_start_write is inline; its down_write of vma->vm_lock->lock is the
         // VMA write lock being taken (include/linux/mm.h), seen through the down_write hook.
         let vm_lock_writes = u32::from(vma_start_write_is_inline(kbtf, resolved.layout.known));
+        // Start-up is most of a short run's cost in a TCG guest: each phase's time is logged
+        // (RUST_LOG=vmalock=debug) so it is clear which one to make cheaper.
+        // Parsed once: the loader's relocations and the tp_btf/fentry attaches share it (the
+        // loader would otherwise parse /sys/kernel/btf/vmlinux again).
+        let t = std::time::Instant::now();
+        let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        log::debug!("start-up: kernel BTF parsed for aya in {} ms", t.elapsed().as_millis());
+        let t = std::time::Instant::now();
         let ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
             .override_global("OFF_TASK_START_TIME", &start_time, true)
             .override_global("TP_LAYOUT", &tp_layout, true)
             .override_global("LAYOUT", &resolved.layout, true)
@@ -200,6 +209,7 @@ impl Tracer {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+        log::debug!("start-up: eBPF object loaded (maps, relocations) in {} ms", t.elapsed().as_millis());
         let mut tracer = Tracer {
             ebpf,
             attached: Attached::default(),
@@ -215,8 +225,10 @@ impl Tracer {
         tracer.attached.layout_known = resolved.layout.known;
         tracer.attached.layout_missing = resolved.missing.iter().map(|(g, w)| (g.to_string(), w.clone())).collect();
         tracer.pause()?;
-        let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        let t = std::time::Instant::now();
         tracer.attach_functions(kbtf, &btf, resolved.layout.known);
+        log::debug!("start-up: function hooks loaded and attached in {} ms", t.elapsed().as_millis());
+        let t = std::time::Instant::now();
         if vm_lock_writes != 0 {
             let freed = matches!(tracer.attached.functions.get("__vm_area_free"), Some(HookState::Attached(_)));
             let state = match tracer.attached.functions.get("down_write") {
@@ -239,6 +251,8 @@ impl Tracer {
             }
             tracer.attach(hook, &btf, tp_layout, opts.force_tracepoint)?;
         }
+        log::debug!("start-up: mmap_lock and exit hooks loaded and attached in {} ms", t.elapsed().as_millis());
+        let t = std::time::Instant::now();
         tracer.attached.snapshot = match opts.snapshot_ms {
             0 => "off".into(),
             ms => match tracer.load_snapshots(&btf, resolved.layout.known) {
@@ -249,6 +263,18 @@ impl Tracer {
                 }
             },
         };
+        log::debug!("start-up: snapshot program loaded and first pass run in {} ms", t.elapsed().as_millis());
+        if log::log_enabled!(log::Level::Debug) {
+            for (name, prog) in tracer.ebpf.programs() {
+                if let Ok(info) = prog.info() {
+                    log::debug!(
+                        "start-up: program {name}: {} instructions verified, {} bytes translated",
+                        info.verified_instruction_count().unwrap_or(0),
+                        info.size_translated().unwrap_or(0)
+                    );
+                }
+            }
+        }
         tracer.stacks = tracer.ebpf.take_map("STACKS").and_then(|m| StackTraceMap::try_from(m).ok());
         Ok(tracer)
     }
@@ -504,6 +530,7 @@ impl Tracer {
             vma_read_dropped: sum(counter::VMA_READ_DROPPED)?,
             folded_pairs: sum(counter::FOLDED_PAIRS)?,
             legal_kept: sum(counter::LEGAL_KEPT)?,
+            start_time_unreadable: sum(counter::START_TIME_UNREADABLE)?,
             snapshot_vmas: sum(counter::SNAP_VISITED)?,
             snapshot_rounds: u64::from(self.snapshot_round),
             program_times: self.program_times(),
@@ -601,6 +628,8 @@ pub struct Counters {
     pub folded_pairs: u64,
     /// VMA events whose facts at the hook showed them legal, kept instead of sent (default runs).
     pub legal_kept: u64,
+    /// Events whose task's start_time could not be read (not marked as traced from birth).
+    pub start_time_unreadable: u64,
     /// VMA snapshot passes, and VMAs of traced processes compared in them.
     pub snapshot_rounds: u64,
     pub snapshot_vmas: u64,
