@@ -120,6 +120,7 @@ impl Model {
         // The VMA rules read the mmap_lock state as it was before this event.
         self.vma_rules.apply(ev, &self.mmap_locks, out);
         self.mmap_locks.apply(ev, &mut self.stats, out);
+        self.lock_order.set_blind(self.blind > 0);
         self.lock_order.apply(ev, out);
         if self.blind > 0 {
             self.stats.suppressed_verdicts += (out.len() - first_new) as u64;
