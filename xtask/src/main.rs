@@ -144,7 +144,7 @@ fn main() {
             if f > 0 { anyhow::bail!("vm tests failed") } else { Ok(()) }
         }),
         Cmd::Vm { cmd: VmCmd::Run { kernel, timeout, command } } => setup::ensure_all()
-            .and_then(|()| vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout))),
+            .and_then(|()| vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout), &[])),
         Cmd::Vm { cmd: VmCmd::Build { name } } => vm::build_kernel(&name),
         Cmd::Vm { cmd: VmCmd::List } => vm::list(),
     };

@@ -1,7 +1,8 @@
 //! The overhead runs inside a test guest (`cargo xtask bench --guest debian-7.2`), where every
 //! function hook attaches. Under QEMU/TCG absolute rates mean nothing; the traced ÷ untraced
-//! ratios of neighbouring runs still compare configurations. bpftrace is not in the guest's
-//! initramfs (busybox and static binaries only), so the guest has no peer column.
+//! ratios of neighbouring runs still compare configurations. The bpftrace column copies the
+//! host's (Debian's) bpftrace in with its shared libraries (vm::guest::add_dynamic) and attaches
+//! it to the same hooks as vmalock's default run there (peer::guest_script).
 //!
 //! Nor has it bpftool: the profile pass (one default run per bench with
 //! kernel.bpf_stats_enabled=1) reads each program's run time from vmalock's own summary.
@@ -18,10 +19,15 @@ use super::{
 /// The guest's shell script: every bench × repeat × (base, traced) pair, each run's output
 /// behind a `VMALOCK-BENCH-RUN bench config repeat` line.
 fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, profile: bool) -> String {
-    let mut s = String::from(
+    let mut s = String::new();
+    if configs.contains(&Config::Bpftrace) {
+        let _ = write!(s, "cat > /tmp/peer.bt <<'VMALOCK-PEER-EOF'\n{}VMALOCK-PEER-EOF\n", super::peer::guest_script());
+    }
+    s.push_str(
         "cd /tmp\n\
-         run() {\n  b=$1; c=$2; r=$3; shift 3\n  \"$@\" > /tmp/o 2> /tmp/e\n  echo \"VMALOCK-BENCH-RUN $b $c $r status=$?\"\n  \
-         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:|BPF run time' /tmp/o /tmp/e\n}\n",
+         run() {\n  b=$1; c=$2; r=$3; shift 3\n  \"$@\" > /tmp/o 2> /tmp/e\n  st=$?\n  echo \"VMALOCK-BENCH-RUN $b $c $r status=$st\"\n  \
+         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:|Lost [0-9]+ events|BPF run time' /tmp/o /tmp/e\n  \
+         [ $st = 0 ] || tail -n 8 /tmp/e\n}\n",
     );
     for b in benches {
         let load = format!("vmalock-bench-load {b} --seconds {seconds}");
@@ -31,7 +37,8 @@ fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, 
                     Config::Default => format!("vmalock run -c '{load}'"),
                     Config::AllEvents => format!("vmalock run --all-events -c '{load}'"),
                     Config::Record => format!("vmalock record -o /tmp/bench.trace -c '{load}'"),
-                    Config::Base | Config::Bpftrace => continue,
+                    Config::Bpftrace => format!("bpftrace /tmp/peer.bt -c '{load}'"),
+                    Config::Base => continue,
                 };
                 let _ = writeln!(s, "run {b} base {r} {load}");
                 let _ = writeln!(s, "run {b} {} {r} {traced}", c.name());
@@ -67,7 +74,13 @@ fn parse_profile(bench: &str, out: &str) -> Option<Profile> {
 /// Boots `kernel`, runs the script, and reads the runs back from the serial log.
 pub fn run(kernel: &str, benches: &[String], configs: &[Config], repeats: usize, seconds: f64, profile: bool) -> Result<(Vec<Run>, Vec<Profile>)> {
     let script = script(benches, configs, repeats, seconds, profile);
-    crate::vm::run_command(kernel, &script, std::time::Duration::from_secs(3000))?;
+    let dynamic: Vec<std::path::PathBuf> = if configs.contains(&Config::Bpftrace) {
+        super::peer::ensure_packages(&[("bpftrace", "bpftrace")])?;
+        vec![super::peer::which("bpftrace").context("bpftrace is not on PATH after installing it")?]
+    } else {
+        Vec::new()
+    };
+    crate::vm::run_command(kernel, &script, std::time::Duration::from_secs(3000), &dynamic)?;
     let log = crate::vm::report_dir().join(format!("{kernel}.run.log"));
     let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
     Ok(parse_log(&text))
@@ -131,13 +144,19 @@ mod tests {
     #[test]
     fn the_script_pairs_each_traced_run_with_a_base_run() {
         let s = script(&["fork".into()], &[Config::Default, Config::Bpftrace], 2, 1.0, true);
-        assert_eq!(s.matches("run fork base").count(), 2);
+        assert_eq!(s.matches("run fork base").count(), 4);
         assert_eq!(s.matches("run fork default").count(), 2);
-        assert!(!s.contains("bpftrace"));
+        assert_eq!(s.matches("run fork bpftrace 1 bpftrace /tmp/peer.bt -c 'vmalock-bench-load fork").count(), 1);
+        // The bpftrace script is written before the first run, and names the function hooks.
+        let written = s.find("cat > /tmp/peer.bt").unwrap();
+        assert!(written < s.find("run fork base").unwrap());
+        assert!(s.contains("kfunc:__vma_start_write") && s.contains("VMALOCK-PEER-EOF\n"));
         // One profile run per bench, between stats on and off.
         assert_eq!(s.matches("run fork profile-default 0").count(), 1);
         let on = s.find("bpf_stats_enabled").unwrap();
         assert!(on < s.find("run fork profile-default").unwrap() && s.matches("bpf_stats_enabled").count() == 2);
+        let s = script(&["fork".into()], &[Config::Default], 1, 1.0, false);
+        assert!(!s.contains("bpftrace"));
     }
 
     #[test]

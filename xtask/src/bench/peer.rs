@@ -25,9 +25,12 @@ pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
 }
 
 pub fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(bin).is_file()))
-        .unwrap_or(false)
+    which(bin).is_some()
+}
+
+/// Where `bin` is on PATH.
+pub fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| Path::new(&d).join(bin)).find(|p| p.is_file())
 }
 
 /// bpftrace on the three mmap_lock tracepoints, filtered to the traced command's process like
@@ -38,3 +41,53 @@ tracepoint:mmap_lock:mmap_lock_start_locking /pid == cpid/ { @start[tid, args->w
 tracepoint:mmap_lock:mmap_lock_acquire_returned /pid == cpid/ { @acquired[tid, args->write, args->success] = count(); }
 tracepoint:mmap_lock:mmap_lock_released /pid == cpid/ { @released[tid, args->write] = count(); }
 ";
+
+/// The function hooks a default `vmalock run` attaches in a 7.x guest (its summary's "function
+/// hooks" line on 7.2), as bpftrace kfunc/kretfunc probes.
+const GUEST_FUNCTIONS: &[&str] = &[
+    "kfunc:__vma_start_write",
+    "kfunc:__walk_page_range",
+    "kretfunc:_install_special_mapping",
+    "kfunc:down_read",
+    "kfunc:down_read_trylock",
+    "kretfunc:down_read_trylock",
+    "kfunc:down_write",
+    "kfunc:down_write_trylock",
+    "kretfunc:down_write_trylock",
+    "kretfunc:handle_mm_fault",
+    "kretfunc:lock_vma_under_rcu",
+    "kfunc:madvise_lock",
+    "kretfunc:madvise_lock",
+    "kfunc:madvise_update_vma",
+    "kretfunc:madvise_update_vma",
+    "kfunc:mbind_range",
+    "kretfunc:mbind_range",
+    "kfunc:mlock_fixup",
+    "kretfunc:mlock_fixup",
+    // Not mprotect_fixup (kfunc or kretfunc): bpftrace 0.17 stops with "Code not generated
+    // for probe" on it in the 7.2 guest (it has seven arguments), so the peer does that much
+    // less than vmalock on mprotect.
+    "kfunc:uffd_lock_vma",
+    "kretfunc:uffd_lock_vma",
+    "kfunc:up_read",
+    "kfunc:up_write",
+    "kretfunc:vma_link",
+    "kfunc:vma_prepare",
+    "kfunc:walk_page_mapping",
+    "kfunc:walk_page_range_mm_unsafe",
+    "kfunc:walk_page_range_vma_unsafe",
+    "kfunc:walk_page_vma",
+];
+
+/// bpftrace in a 7.x guest: the mmap_lock tracepoints as on the host, plus every function hook
+/// vmalock's default run attaches there, each counted per probe and task in a map (bpftrace's
+/// `pid` is the TGID, the filter `vmalock -c` applies).
+pub fn guest_script() -> String {
+    // One block per probe type: bpftrace 0.17 generates no code for a kretfunc that shares a
+    // block with a kfunc of the same function.
+    let block = |prefix: &str| {
+        let probes: Vec<&str> = GUEST_FUNCTIONS.iter().copied().filter(|p| p.starts_with(prefix)).collect();
+        format!("{} /pid == cpid/ {{ @calls[probe, tid] = count(); }}\n", probes.join(",\n"))
+    };
+    format!("{MMAP_LOCK_SCRIPT}{}{}", block("kfunc:"), block("kretfunc:"))
+}

@@ -25,6 +25,29 @@ pub struct GuestBins {
     pub tests: Vec<(String, PathBuf)>,
     /// The test module's static trigger helper.
     pub trigger: Option<PathBuf>,
+    /// Dynamically linked host files copied in at their own paths (an executable and the
+    /// shared libraries it loads: see [`add_dynamic`]).
+    pub extra: Vec<PathBuf>,
+}
+
+/// Adds a dynamically linked host executable to the guest at its own path, with every shared
+/// library `ldd` says it loads (and the dynamic loader), so it runs there as on the host. The
+/// bench's bpftrace column in a guest uses it: Debian's bpftrace is not static.
+pub fn add_dynamic(bins: &mut GuestBins, exe: &Path) -> Result<()> {
+    let out = cmd::output(Command::new("ldd").arg(exe)).ok_or_else(|| anyhow!("ldd {} failed (is it a dynamic executable?)", exe.display()))?;
+    let libs = ldd_paths(&out);
+    if libs.is_empty() {
+        bail!("ldd {} named no library: {out}", exe.display());
+    }
+    bins.extra.push(exe.to_path_buf());
+    bins.extra.extend(libs);
+    Ok(())
+}
+
+/// The absolute paths in `ldd` output: "libx.so.1 => /usr/lib/.../libx.so.1 (0x...)" and the
+/// loader's "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO line has none.
+fn ldd_paths(out: &str) -> Vec<PathBuf> {
+    out.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from)).collect()
 }
 
 pub fn build() -> Result<GuestBins> {
@@ -66,13 +89,13 @@ pub fn build() -> Result<GuestBins> {
     if tests.is_empty() {
         bail!("no integration-test executables were built for the guest");
     }
-    Ok(GuestBins { vmalock: out.join("vmalock"), workload: out.join("vmalock-workload"), mix: out.join("vmalock-mix"), bench_load: out.join("vmalock-bench-load"), tests, trigger: None })
+    Ok(GuestBins { vmalock: out.join("vmalock"), workload: out.join("vmalock-workload"), mix: out.join("vmalock-mix"), bench_load: out.join("vmalock-bench-load"), tests, trigger: None, extra: Vec::new() })
 }
 
 /// The guest's /init: a busybox shell script.
 fn init_script() -> String {
     r#"#!/bin/sh
-export PATH=/bin
+export PATH=/bin:/usr/bin:/usr/sbin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -174,6 +197,19 @@ pub fn initramfs(bins: &GuestBins, only: &[String], module: Option<&Path>, run: 
     if let Some(ko) = module {
         c.file("lib/vmalock_test.ko", 0o644, &read(ko)?)?;
     }
+    // At their host paths (read through symlinks), each parent directory written first.
+    let mut dirs: std::collections::BTreeSet<PathBuf> = ["bin", "dev", "proc", "sys", "tmp", "lib", "tests"].iter().map(PathBuf::from).collect();
+    for host in &bins.extra {
+        let rel = host.strip_prefix("/").with_context(|| format!("{} is not an absolute path", host.display()))?;
+        let mut parents: Vec<&Path> = rel.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).collect();
+        parents.reverse();
+        for d in parents {
+            if dirs.insert(d.to_path_buf()) {
+                c.dir(d.to_str().context("non-UTF-8 path")?)?;
+            }
+        }
+        c.file(rel.to_str().context("non-UTF-8 path")?, 0o755, &read(host)?)?;
+    }
     if let Some(script) = run {
         c.file("run.sh", 0o755, script.as_bytes())?;
     }
@@ -192,4 +228,15 @@ fn is_static(p: &Path) -> bool {
             || p == Path::new("/bin/busybox"),
             |s| s.contains("statically linked") || s.contains("static-pie"),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_the_libraries_and_the_loader() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibbcc.so.0 => /lib/x86_64-linux-gnu/libbcc.so.0 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(ldd_paths(out), [PathBuf::from("/lib/x86_64-linux-gnu/libbcc.so.0"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]);
+    }
 }

@@ -85,11 +85,16 @@ fn setup(cache: &Path) -> Result<(apt::Apt, guest::GuestBins)> {
 /// is what this must catch.
 pub const SUITE_TIMEOUT_SECS: u64 = 1800;
 
-pub fn run_command(name: &str, command: &str, timeout: Duration) -> Result<()> {
+/// Boots kernel `name` and runs `command` instead of the suite. `dynamic`: host executables to
+/// copy in with their shared libraries (the bench's bpftrace).
+pub fn run_command(name: &str, command: &str, timeout: Duration, dynamic: &[PathBuf]) -> Result<()> {
     let root = cmd::workspace_root();
     let k = manifest::select(&manifest::load(&root)?, &[name.to_string()])?.remove(0);
     let cache = cache_dir();
-    let (apt, bins) = setup(&cache)?;
+    let (apt, mut bins) = setup(&cache)?;
+    for exe in dynamic {
+        guest::add_dynamic(&mut bins, exe)?;
+    }
     let ready = prepare(&k, &apt, &cache)?;
     let module = ready.module.and_then(|m| m.map_err(|e| println!("vm: no test module: {e:#}")).ok());
     let vmlinuz = ready.vmlinuz;
