@@ -233,7 +233,10 @@ pub struct Config {
     /// Non-zero: only tasks whose `comm` is [`Config::comm`] are traced (`--comm`), on top of
     /// the TGID filter. Zero costs the hooks one load and branch.
     pub comm_filter: u32,
-    pub _pad: u32,
+    /// Bumped by the daemon as soon as it reads a new count of hook hits the kernel skipped
+    /// (recursion protection), before it drains the ring: a per-VMA read hold taken in an
+    /// older epoch may have outlived its unseen end, and is not believed any more.
+    pub hold_epoch: u32,
     /// The `comm` (NUL-padded, at most 15 bytes) `comm_filter` asks for.
     pub comm: [u8; 16],
 }

@@ -22,7 +22,7 @@ static OFF_TASK_START_TIME: Global<u64> = Global::new(0);
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

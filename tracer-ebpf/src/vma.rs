@@ -32,6 +32,14 @@ pub struct Hold {
     generation: u64,
     /// The entry into the kernel it was taken in.
     entry: EntryId,
+    /// `Config::hold_epoch` when it was taken.
+    epoch: u32,
+}
+
+/// The daemon's current hold epoch (see `Config::hold_epoch`).
+#[inline(always)]
+fn hold_epoch() -> u32 {
+    crate::emit::CONFIG.get(0).map_or(0, |c| c.hold_epoch)
 }
 
 /// tid → the per-VMA read lock it holds now: one lookup on the fault path and at every
@@ -438,7 +446,7 @@ fn on_vma_read_locked(vma: u64) {
             let _ = VMA_GEN.insert(&vma, &generation, 0);
         }
     }
-    let _ = TASK_VMA_READ.insert(&tid(), &Hold { vma, generation, entry: entry_id() }, 0);
+    let _ = TASK_VMA_READ.insert(&tid(), &Hold { vma, generation, entry: entry_id(), epoch: hold_epoch() }, 0);
 }
 
 /// Forgets task `t`'s VMA read hold, if any.
@@ -620,7 +628,9 @@ pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
         return None;
     }
     let vma = h.vma;
-    if h.entry != entry_id() || unsafe { IN_DROP_THEN_LOCK.get(&t) }.is_some() {
+    // The kernel skipped hook hits since it was taken (the daemon bumped the epoch): its end
+    // may be one of them, and faults at the same instruction and stack share an entry id.
+    if h.epoch != hold_epoch() || h.entry != entry_id() || unsafe { IN_DROP_THEN_LOCK.get(&t) }.is_some() {
         forget_vma_hold();
         return None;
     }

@@ -243,11 +243,12 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A record is RawEvent plus the ring's 8-byte header, rounded to 8.
     let record_bytes = (std::mem::size_of::<tracer_common::RawEvent>() + 8).next_multiple_of(8);
+    let mut missed_seen = 0u64;
     let stop = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let missed = tracer.missed()?;
+                let missed = read_missed(&mut tracer, &mut missed_seen)?;
                 pipe.pump(guard.get_inner_mut(), missed, &symbolize)?;
                 guard.clear_ready();
             }
@@ -258,7 +259,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
                         None => Stop::Quit,
                     };
                 }
-                let missed = tracer.missed()?;
+                let missed = read_missed(&mut tracer, &mut missed_seen)?;
                 pipe.pump(ring.get_mut(), missed, &symbolize)?;
             }
             _ = state_tick.tick(), if pipe.observer.wants_ticks() => {
@@ -369,4 +370,16 @@ mod default_mask_tests {
             assert_eq!(sent, k != kind::MMAP_START && k != kind::MISSED, "kind {k}");
         }
     }
+}
+
+/// The kernel's count of skipped hook hits, read before a drain. When it grew, per-VMA read
+/// holds taken before now stop being believed in the kernel (one of the skipped hits may have
+/// been a hold's end): see `Tracer::distrust_vma_read_holds`.
+fn read_missed(tracer: &mut Tracer, seen: &mut u64) -> Result<u64> {
+    let missed = tracer.missed()?;
+    if missed > *seen {
+        *seen = missed;
+        tracer.distrust_vma_read_holds()?;
+    }
+    Ok(missed)
 }

@@ -83,6 +83,10 @@ pub struct Tracer {
     comm: Option<[u8; 16]>,
     /// `TP_BTF_WRITE_ARG` as loaded; 0 when tp_btf cannot be used for mmap_lock.
     write_arg: u32,
+    /// `Config::hold_epoch`, bumped by [`Tracer::distrust_vma_read_holds`].
+    hold_epoch: u32,
+    /// The last (start_ns, tgid, send_mask) written to CONFIG.
+    configured: (u64, u32, u32),
     /// The loaded iter/task_vma program, when snapshots are on and work.
     snapshots: bool,
     snapshot_round: u32,
@@ -221,6 +225,8 @@ impl Tracer {
             snapshots: false,
             snapshot_round: 0,
             stacks: None,
+            hold_epoch: 0,
+            configured: (u64::MAX, TGID_NONE, 0),
         };
         tracer.attached.layout_known = resolved.layout.known;
         tracer.attached.layout_missing = resolved.missing.iter().map(|(g, w)| (g.to_string(), w.clone())).collect();
@@ -444,7 +450,18 @@ impl Tracer {
         Ok(p.try_into()?)
     }
 
+    /// The kernel skipped hook hits since the last call (a new recursion-miss count): per-VMA
+    /// read holds taken before now are no longer believed (`Config::hold_epoch`). Call before
+    /// draining the ring, so every event sent under a stale hold lies in the stream's `missed`
+    /// span, which the model does not judge.
+    pub fn distrust_vma_read_holds(&mut self) -> Result<()> {
+        self.hold_epoch = self.hold_epoch.wrapping_add(1);
+        let (start_ns, tgid, send_mask) = self.configured;
+        self.configure(start_ns, tgid, send_mask)
+    }
+
     fn configure(&mut self, start_ns: u64, tgid: u32, send_mask: u32) -> Result<()> {
+        self.configured = (start_ns, tgid, send_mask);
         let cfg = Config {
             start_ns,
             tgid,
@@ -453,7 +470,7 @@ impl Tracer {
             fold: u32::from(self.fold),
             watch: self.watch,
             comm_filter: u32::from(self.comm.is_some()),
-            _pad: 0,
+            hold_epoch: self.hold_epoch,
             comm: self.comm.unwrap_or([0; 16]),
         };
         let mut map: Array<&mut MapData, Config> =
