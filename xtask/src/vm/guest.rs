@@ -167,6 +167,9 @@ poweroff -f
     .to_string()
 }
 
+/// The directories every initramfs has (the extra files' parents are added after them).
+const BASE_DIRS: [&str; 7] = ["bin", "dev", "proc", "sys", "tmp", "lib", "tests"];
+
 /// Writes the initramfs: busybox, the static binaries, the tests (only those named in `only`,
 /// all when it is empty), /init, and the module if any.
 pub fn initramfs(bins: &GuestBins, only: &[String], module: Option<&Path>, run: Option<&str>, dest: &Path) -> Result<()> {
@@ -178,7 +181,7 @@ pub fn initramfs(bins: &GuestBins, only: &[String], module: Option<&Path>, run: 
     let tmp = dest.with_extension("partial");
     let f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     let mut c = Cpio::new(f);
-    for d in ["bin", "dev", "proc", "sys", "tmp", "lib", "tests"] {
+    for d in BASE_DIRS {
         c.dir(d)?;
     }
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -198,7 +201,7 @@ pub fn initramfs(bins: &GuestBins, only: &[String], module: Option<&Path>, run: 
         c.file("lib/vmalock_test.ko", 0o644, &read(ko)?)?;
     }
     // At their host paths (read through symlinks), each parent directory written first.
-    let mut dirs: std::collections::BTreeSet<PathBuf> = ["bin", "dev", "proc", "sys", "tmp", "lib", "tests"].iter().map(PathBuf::from).collect();
+    let mut dirs: std::collections::BTreeSet<PathBuf> = BASE_DIRS.iter().map(PathBuf::from).collect();
     for host in &bins.extra {
         let rel = host.strip_prefix("/").with_context(|| format!("{} is not an absolute path", host.display()))?;
         let mut parents: Vec<&Path> = rel.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).collect();
