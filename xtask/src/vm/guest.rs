@@ -130,6 +130,11 @@ for t in /tests/*; do
   # One test per process, so each gets its own wall time: the suite's budget is spent where
   # these lines say (the slowest are listed on the host).
   "$t" --list --format=terse 2>/dev/null | sed -n 's/: test$//p' > /tmp/list
+  # A test executable that cannot even list its tests (it crashed, or is not one) fails loudly
+  # instead of contributing nothing.
+  if [ ! -s /tmp/list ]; then
+    echo "VMALOCK-RESULT $name::list fail"; fail=$((fail+1))
+  fi
   while read -r tname; do
     start=$(date +%s)
     VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_FOUND_LOG=/tmp/found VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix \
