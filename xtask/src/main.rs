@@ -49,7 +49,7 @@ enum Cmd {
         /// Only these microbenchmarks (default: all).
         #[arg(long = "bench")]
         benches: Vec<String>,
-        /// Only these traced configurations (default, all-events, record, bpftrace).
+        /// Only these traced configurations (default, all-events, record, bpftrace, hooks-only).
         #[arg(long = "config")]
         configs: Vec<String>,
         #[arg(long, default_value_t = 5)]
@@ -104,6 +104,10 @@ enum VmCmd {
         kernel: String,
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// A host executable to copy in with its shared libraries (a name on PATH or a path),
+        /// e.g. `--with bpftrace` to compare a peer tracer in the guest. Repeatable.
+        #[arg(long = "with")]
+        with: Vec<String>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
@@ -111,6 +115,15 @@ enum VmCmd {
     Build { name: String },
     /// List the test kernels in vm-images/kernels.toml.
     List,
+}
+
+/// `--with NAME`: a path as given, or the name looked up on PATH.
+fn host_executable(name: &str) -> Result<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(name);
+    if name.contains('/') {
+        return if p.is_file() { Ok(p) } else { Err(anyhow::anyhow!("--with {name}: no such file")) };
+    }
+    bench::peer::which(name).ok_or_else(|| anyhow::anyhow!("--with {name}: not found on PATH; install it on the host or give its path"))
 }
 
 fn main() {
@@ -125,7 +138,7 @@ fn main() {
             let argv = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
             let o = bench::Options {
                 benches: if benches.is_empty() { bench::BENCHES.iter().map(|b| b.to_string()).collect() } else { benches },
-                configs: if configs.is_empty() { ["default", "all-events", "record", "bpftrace"].map(String::from).to_vec() } else { configs },
+                configs: if configs.is_empty() { ["default", "all-events", "record", "bpftrace", "hooks-only"].map(String::from).to_vec() } else { configs },
                 repeats,
                 seconds,
                 no_profile,
@@ -143,8 +156,9 @@ fn main() {
             println!("vm tests: {p} passed, {f} failed, {s} skipped");
             if f > 0 { anyhow::bail!("vm tests failed") } else { Ok(()) }
         }),
-        Cmd::Vm { cmd: VmCmd::Run { kernel, timeout, command } } => setup::ensure_all()
-            .and_then(|()| vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout), &[])),
+        Cmd::Vm { cmd: VmCmd::Run { kernel, timeout, with, command } } => setup::ensure_all()
+            .and_then(|()| with.iter().map(|w| host_executable(w)).collect::<Result<Vec<_>>>())
+            .and_then(|with| vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout), &with)),
         Cmd::Vm { cmd: VmCmd::Build { name } } => vm::build_kernel(&name),
         Cmd::Vm { cmd: VmCmd::List } => vm::list(),
     };

@@ -23,10 +23,13 @@ fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, 
     if configs.contains(&Config::Bpftrace) {
         let _ = write!(s, "cat > /tmp/peer.bt <<'VMALOCK-PEER-EOF'\n{}VMALOCK-PEER-EOF\n", super::peer::guest_script());
     }
+    if configs.contains(&Config::HooksOnly) {
+        let _ = write!(s, "cat > /tmp/floor.bt <<'VMALOCK-PEER-EOF'\n{}VMALOCK-PEER-EOF\n", super::peer::hooks_only_script(true));
+    }
     s.push_str(
         "cd /tmp\n\
          run() {\n  b=$1; c=$2; r=$3; shift 3\n  \"$@\" > /tmp/o 2> /tmp/e\n  st=$?\n  echo \"VMALOCK-BENCH-RUN $b $c $r status=$st\"\n  \
-         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:|Lost [0-9]+ events|BPF run time' /tmp/o /tmp/e\n  \
+         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:|Lost [0-9]+ events|BPF run time|tracer CPU while tracing' /tmp/o /tmp/e\n  \
          [ $st = 0 ] || tail -n 8 /tmp/e\n}\n",
     );
     for b in benches {
@@ -38,6 +41,7 @@ fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, 
                     Config::AllEvents => format!("vmalock run --all-events -c '{load}'"),
                     Config::Record => format!("vmalock record -o /tmp/bench.trace -c '{load}'"),
                     Config::Bpftrace => format!("bpftrace /tmp/peer.bt -c '{load}'"),
+                    Config::HooksOnly => format!("bpftrace /tmp/floor.bt -c '{load}'"),
                     Config::Base => continue,
                 };
                 let _ = writeln!(s, "run {b} base {r} {load}");
@@ -68,13 +72,26 @@ fn parse_profile(bench: &str, out: &str) -> Option<Profile> {
         progs.push(Prog { name: name.to_string(), run_cnt: runs, run_time_ns: avg * runs });
     }
     let total: u64 = progs.iter().map(|p| p.run_time_ns).sum();
-    Some(Profile { bench: bench.to_string(), config: Config::Default, ops, progs, bpf_ns_per_op: total as f64 / ops.max(1.0), user_ns_per_op: None })
+    // The daemon's own CPU from attach to stop, as its summary reports it.
+    let tracer_s: Option<f64> = out
+        .lines()
+        .find_map(|l| l.split("tracer CPU while tracing: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    Some(Profile {
+        bench: bench.to_string(),
+        config: Config::Default,
+        ops,
+        progs,
+        bpf_ns_per_op: total as f64 / ops.max(1.0),
+        user_ns_per_op: tracer_s.map(|s| s * 1e9 / ops.max(1.0)),
+    })
 }
 
 /// Boots `kernel`, runs the script, and reads the runs back from the serial log.
 pub fn run(kernel: &str, benches: &[String], configs: &[Config], repeats: usize, seconds: f64, profile: bool) -> Result<(Vec<Run>, Vec<Profile>)> {
     let script = script(benches, configs, repeats, seconds, profile);
-    let dynamic: Vec<std::path::PathBuf> = if configs.contains(&Config::Bpftrace) {
+    let dynamic: Vec<std::path::PathBuf> = if configs.iter().any(|c| c.is_bpftrace()) {
         super::peer::ensure_packages(&[("bpftrace", "bpftrace")])?;
         vec![super::peer::which("bpftrace").context("bpftrace is not on PATH after installing it")?]
     } else {
@@ -155,6 +172,13 @@ mod tests {
         assert_eq!(s.matches("run fork profile-default 0").count(), 1);
         let on = s.find("bpf_stats_enabled").unwrap();
         assert!(on < s.find("run fork profile-default").unwrap() && s.matches("bpf_stats_enabled").count() == 2);
+        // The floor runs bpftrace on the same hooks with count-only programs and no filter.
+        let s = script(&["fork".into()], &[Config::HooksOnly], 1, 1.0, false);
+        assert_eq!(s.matches("run fork hooks-only 0 bpftrace /tmp/floor.bt -c 'vmalock-bench-load fork").count(), 1);
+        let floor = &s[s.find("cat > /tmp/floor.bt").unwrap()..s.find("run fork base").unwrap()];
+        assert!(floor.contains("kfunc:__vma_start_write") && floor.contains("kretfunc:handle_mm_fault"));
+        assert!(floor.contains("tracepoint:mmap_lock:mmap_lock_released") && !floor.contains("cpid"));
+        assert_eq!(floor.matches("{ @n = count(); }").count(), 3, "tracepoints, kfunc and kretfunc blocks");
         let s = script(&["fork".into()], &[Config::Default], 1, 1.0, false);
         assert!(!s.contains("bpftrace"));
     }
@@ -163,7 +187,8 @@ mod tests {
     fn reads_a_profile_run_from_vmalocks_summary() {
         let log = "VMALOCK-BENCH-RUN mprotect profile-default 0 status=0\n\
                    vmalock-bench-load: bench=mprotect threads=1 ops=100 secs=1.0 ops_per_s=100.0\n\
-                   \x20 BPF run time (kernel.bpf_stats_enabled=1; avg ns × runs, busiest first): vma_start_write_fentry 5000×600, btf_mmap_acquired 900×200\n";
+                   \x20 BPF run time (kernel.bpf_stats_enabled=1; avg ns × runs, busiest first): vma_start_write_fentry 5000×600, btf_mmap_acquired 900×200\n\
+                   \x20 tracer CPU while tracing: 0.002 s (0.2% of one CPU)\n";
         let (runs, profiles) = parse_log(log);
         assert!(runs.is_empty());
         assert_eq!(profiles.len(), 1);
@@ -171,5 +196,6 @@ mod tests {
         assert_eq!((p.bench.as_str(), p.ops, p.progs.len()), ("mprotect", 100.0, 2));
         assert_eq!((p.progs[0].name.as_str(), p.progs[0].run_cnt, p.progs[0].run_time_ns), ("vma_start_write_fentry", 600, 3_000_000));
         assert_eq!(p.bpf_ns_per_op, (3_000_000.0 + 180_000.0) / 100.0);
+        assert_eq!(p.user_ns_per_op.map(|n| n.round()), Some(20_000.0));
     }
 }

@@ -25,6 +25,10 @@ pub enum Config {
     Record,
     /// bpftrace on the same (mmap_lock) hooks, counting per task in maps.
     Bpftrace,
+    /// The floor: bpftrace on the same hooks with programs that only bump one per-CPU count.
+    /// What attaching there costs before any program does any work (under TCG, a trampoline
+    /// per function hook), which no tracer on those hooks can go below.
+    HooksOnly,
 }
 
 
@@ -36,14 +40,20 @@ impl Config {
             Config::AllEvents => "all-events",
             Config::Record => "record",
             Config::Bpftrace => "bpftrace",
+            Config::HooksOnly => "hooks-only",
         }
     }
 
     pub fn parse(s: &str) -> Result<Config> {
-        [Config::Base, Config::Default, Config::AllEvents, Config::Record, Config::Bpftrace]
+        [Config::Base, Config::Default, Config::AllEvents, Config::Record, Config::Bpftrace, Config::HooksOnly]
             .into_iter()
             .find(|c| c.name() == s)
-            .ok_or_else(|| anyhow!("unknown configuration {s:?}: one of default, all-events, record, bpftrace"))
+            .ok_or_else(|| anyhow!("unknown configuration {s:?}: one of default, all-events, record, bpftrace, hooks-only"))
+    }
+
+    /// Runs bpftrace (the peer, or the floor).
+    pub fn is_bpftrace(self) -> bool {
+        matches!(self, Config::Bpftrace | Config::HooksOnly)
     }
 
     /// The command that runs `bench` for `seconds` under this configuration.
@@ -66,9 +76,10 @@ impl Config {
                 let trace = record_path();
                 vmalock(&["record", "-o", trace.to_str().expect("utf-8 path")])
             }
-            Config::Bpftrace => {
+            Config::Bpftrace | Config::HooksOnly => {
+                let script = if self == Config::Bpftrace { peer::MMAP_LOCK_SCRIPT.to_string() } else { peer::hooks_only_script(false) };
                 let mut c = Command::new("bpftrace");
-                c.args(["-e", peer::MMAP_LOCK_SCRIPT, "-c", &load]);
+                c.args(["-e", &script, "-c", &load]);
                 c
             }
         }
@@ -114,7 +125,7 @@ pub fn parse(bench: &str, config: Config, repeat: usize, stdout: &str, stderr: &
     let both = format!("{stdout}\n{stderr}");
     let lost_events = match config {
         Config::Base => None,
-        Config::Bpftrace => Some(both.lines().filter_map(bpftrace_lost).sum()),
+        Config::Bpftrace | Config::HooksOnly => Some(both.lines().filter_map(bpftrace_lost).sum()),
         _ => after(stderr, "lost events: "),
     };
     Ok(Run {

@@ -10,7 +10,7 @@ mod dashboard;
 mod guest;
 mod micro;
 mod model;
-mod peer;
+pub mod peer;
 mod profile;
 mod report;
 mod stats;
@@ -67,7 +67,7 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
     if let Some(kernel) = &o.guest {
         return run_guest(o, kernel, &configs, argv);
     }
-    if configs.contains(&micro::Config::Bpftrace) || !o.no_profile {
+    if configs.iter().any(|c| c.is_bpftrace()) || !o.no_profile {
         peer::ensure_packages(&[("bpftrace", "bpftrace"), ("bpftool", "bpftool")])?;
     }
     std::fs::create_dir_all(out_dir())?;
@@ -97,7 +97,7 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
     let load_after = report::uptime();
 
     let r = report::Report {
-        hooks: "Hooks on this kernel: the mmap_lock tracepoints and VMA snapshots (no function hooks: fentry EPERM, no kprobes); bpftrace counts the same three tracepoints per task in maps.".into(),
+        hooks: "Hooks on this kernel: the mmap_lock tracepoints and VMA snapshots (no function hooks: fentry EPERM, no kprobes); bpftrace counts the same three tracepoints per task in maps; hooks-only is bpftrace on them with programs that only bump one per-CPU count (the floor of attaching there).".into(),
         started,
         machine: report::machine(),
         command: argv.to_string(),
@@ -136,7 +136,7 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
     let (runs, profiles) = guest::run(kernel, &o.benches, &configs, o.repeats, o.seconds, !o.no_profile)?;
     let r = report::Report {
         hooks: format!(
-            "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. bpftrace (the host's, copied in with its libraries) counts the same tracepoints and function hooks per task in maps."
+            "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. bpftrace (the host's, copied in with its libraries) counts the same tracepoints and function hooks per task in maps; hooks-only is bpftrace on the same hooks with programs that only bump one per-CPU count: the floor of attaching there (a trampoline per function hook), below which no tracer on those hooks can go."
         ),
         started,
         machine: format!("{} (host); guest {kernel} under QEMU/TCG", report::machine()),

@@ -79,6 +79,23 @@ const GUEST_FUNCTIONS: &[&str] = &[
     "kfunc:walk_page_vma",
 ];
 
+/// The floor configuration: the same probes as the peer (in a guest, also every function hook
+/// vmalock attaches there), each only bumping one per-CPU count, with no filter.
+pub fn hooks_only_script(guest: bool) -> String {
+    let tracepoints = "tracepoint:mmap_lock:mmap_lock_start_locking,\n\
+                       tracepoint:mmap_lock:mmap_lock_acquire_returned,\n\
+                       tracepoint:mmap_lock:mmap_lock_released { @n = count(); }\n";
+    if !guest {
+        return tracepoints.to_string();
+    }
+    // One block per probe type, as in guest_script.
+    let block = |prefix: &str| {
+        let probes: Vec<&str> = GUEST_FUNCTIONS.iter().copied().filter(|p| p.starts_with(prefix)).collect();
+        format!("{} {{ @n = count(); }}\n", probes.join(",\n"))
+    };
+    format!("{tracepoints}{}{}", block("kfunc:"), block("kretfunc:"))
+}
+
 /// bpftrace in a 7.x guest: the mmap_lock tracepoints as on the host, plus every function hook
 /// vmalock's default run attaches there, each counted per probe and task in a map (bpftrace's
 /// `pid` is the TGID, the filter `vmalock -c` applies).
