@@ -244,6 +244,9 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     // A record is RawEvent plus the ring's 8-byte header, rounded to 8.
     let record_bytes = (std::mem::size_of::<tracer_common::RawEvent>() + 8).next_multiple_of(8);
     let mut missed_seen = 0u64;
+    // The daemon's own CPU from here on, so a run's cost to the machine is visible apart from
+    // its start-up (loading and verifying the programs).
+    let cpu_at_start = loader::own_cpu_ns();
     let stop = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -320,6 +323,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         HeldChild::terminate(c.pid);
     }
     let duration_ns = loader::monotonic_ns().saturating_sub(start_ns);
+    let tracing_cpu_ns = loader::own_cpu_ns().saturating_sub(cpu_at_start);
     if let Some(w) = writer.take() {
         let footer = Footer {
             events: w.events_written(),
@@ -344,6 +348,7 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     Ok(Summary {
         stop_reason: stop.describe(),
         duration_ns,
+        tracing_cpu_ns,
         seen: counters.seen.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (kind_name(k as u16), *n)).collect(),
         stats: pipe.model.stats().clone(),
         lost_per_cpu: counters.lost_per_cpu.clone(),

@@ -675,6 +675,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// This process's CPU time so far (every thread, user + system): CLOCK_PROCESS_CPUTIME_ID.
+pub fn own_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// `--comm NAME` as the kernel stores a comm: at most 15 bytes, NUL-padded to 16
 /// (TASK_COMM_LEN). A longer name can match no task, since the kernel truncates every comm to
 /// 15 bytes, so it is refused with the name that would match.

@@ -11,6 +11,9 @@ use crate::{
 pub struct Summary {
     pub stop_reason: String,
     pub duration_ns: u64,
+    /// The daemon's CPU time (all its threads, user + system) from attaching to the stop:
+    /// draining, judging, snapshots, writing. The BPF programs' time is the traced tasks'.
+    pub tracing_cpu_ns: u64,
     /// Hook hits that passed the filter, by kind (counted in the kernel, sent or not).
     pub seen: Vec<(&'static str, u64)>,
     pub stats: Stats,
@@ -109,6 +112,12 @@ impl fmt::Display for Summary {
                 self.counters.program_times.iter().map(|p| format!("{} {}×{}", p.name, p.run_time_ns / p.runs.max(1), p.runs)).collect();
             writeln!(f, "  BPF run time (kernel.bpf_stats_enabled=1; avg ns × runs, busiest first): {}", t.join(", "))?;
         }
+        writeln!(
+            f,
+            "  tracer CPU while tracing: {:.3} s ({:.1}% of one CPU)",
+            self.tracing_cpu_ns as f64 / 1e9,
+            100.0 * self.tracing_cpu_ns as f64 / self.duration_ns.max(1) as f64
+        )?;
         writeln!(f, "  lost events: {} (per CPU: {:?})", self.lost(), self.lost_per_cpu)?;
         writeln!(f, "  missed hook hits (kernel recursion protection): {}", self.missed)?;
         if self.decode_errors > 0 {
