@@ -93,6 +93,19 @@ fn record_of_a_multithreaded_child_is_complete_and_balanced() {
     // Every kernel vmalock supports has tp_btf for these hooks: a fallback here is a bug (it
     // once hid a verifier rejection of the tp_btf programs).
     assert!(!stderr.contains("fallback for"), "{stderr}");
+    // The daemon's own CPU while tracing: it drained and judged events, and no process can use
+    // more CPU than the run's wall time on every CPU.
+    let cpu: f64 = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tracer CPU while tracing: "))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .expect("the summary reports the tracer's CPU");
+    let wall: f64 = stderr
+        .lines()
+        .find_map(|l| l.split(" after ").nth(1)?.strip_suffix(" s")?.parse().ok())
+        .expect("the summary reports the run's duration");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(cpu > 0.0 && cpu <= wall * cpus, "tracer CPU {cpu} s over {wall} s on {cpus} CPUs");
 
     let lines = lines(&trace);
     let header = &lines[0];
