@@ -190,7 +190,7 @@ pub fn emit_body_needed<C: EbpfContext>(ctx: &C, kind: u16, flags: u16, body: &B
 }
 
 #[inline(always)]
-fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body, needed: bool) {
+fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body, needed: bool) {
     let Some(cfg) = CONFIG.get(0) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -212,6 +212,9 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
         None
     };
     let mut at = None;
+    // Read once: a kept acquire sent ahead of this event is the same task's.
+    let mut task_new = None;
+    let mut is_new = || *task_new.get_or_insert_with(|| current_task_is_new(cfg.start_ns));
     if let Some(slot) = &slot {
         if kind == tracer_common::kind::MMAP_RELEASED && slot.fold_release(body.mm, flags) {
             return;
@@ -224,7 +227,7 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
         }
         if let Some(k) = slot.take_kept() {
             let mut kflags = k.flags | flag::TS_COARSE;
-            if current_task_is_new(cfg.start_ns) {
+            if is_new() {
                 kflags |= flag::TASK_NEW;
             }
             let kept = Body { mm: k.mm, stack_id: -1, ..Default::default() };
@@ -249,7 +252,7 @@ fn emit_body_if<C: EbpfContext>(ctx: &C, kind: u16, mut flags: u16, body: &Body,
         slot.sent_at(now);
         at = Some((now, unsafe { bpf_get_smp_processor_id() }));
     }
-    if current_task_is_new(cfg.start_ns) {
+    if is_new() {
         flags |= flag::TASK_NEW;
     }
     submit_at(kind, flags, body, pid_tgid as u32, tgid, bpf_get_current_comm().unwrap_or([0; 16]), at);

@@ -102,32 +102,52 @@ fn remember(map: &LruHashMap<u64, u64>, key: u64, value: u64) {
 /// anon_vma root's rwsem (include/linux/rmap.h anon_vma_lock_write locks `root->rwsem`).
 #[inline(always)]
 pub fn learn(vma: u64) {
-    if vma == 0 {
+    let key = learn_key(vma);
+    learn_from(&key);
+}
+
+/// What [`learn`] reads from a VMA: the VMA, its vm_lock (0 unless vma_start_write is inline
+/// on this kernel), file and anon_vma. A task faulting over and over on one VMA sees the same
+/// key each time, and the fault path then skips the rest (crate::vma keeps the last key).
+#[derive(Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct LearnKey {
+    vma: u64,
+    vm_lock: u64,
+    file: u64,
+    anon: u64,
+}
+
+#[inline(always)]
+pub fn learn_key(vma: u64) -> LearnKey {
+    let l = layout();
+    let field = |bit: u32, off: u32| if vma != 0 && l.known & bit != 0 { read::<u64>(vma, off).unwrap_or(0) } else { 0 };
+    let vm_lock = if VM_LOCK_WRITES.load() != 0 { field(layout::VMA_VM_LOCK, l.vma_vm_lock) } else { 0 };
+    LearnKey { vma, vm_lock, file: field(layout::LOCK_FILE, l.vma_file), anon: field(layout::LOCK_ANON, l.vma_anon_vma) }
+}
+
+#[inline(always)]
+pub fn learn_from(k: &LearnKey) {
+    if k.vma == 0 {
         return;
     }
     let l = layout();
-    if VM_LOCK_WRITES.load() != 0 && l.known & layout::VMA_VM_LOCK != 0 {
-        if let Some(lock) = read::<u64>(vma, l.vma_vm_lock).filter(|p| *p != 0) {
-            let sem = lock + l.vma_lock_rwsem as u64;
-            remember(&VM_LOCK_VMA, sem, vma);
-            remember(&LOCK_CLASS, sem, lock_class::VMA_WRITE);
+    if k.vm_lock != 0 {
+        let sem = k.vm_lock + l.vma_lock_rwsem as u64;
+        remember(&VM_LOCK_VMA, sem, k.vma);
+        remember(&LOCK_CLASS, sem, lock_class::VMA_WRITE);
+    }
+    if k.file != 0 {
+        if let Some(mapping) = read::<u64>(k.file, l.file_mapping).filter(|m| *m != 0) {
+            remember(&LOCK_CLASS, mapping + l.mapping_i_mmap_rwsem as u64, lock_class::I_MMAP_RWSEM);
+        }
+        if let Some(inode) = read::<u64>(k.file, l.file_inode).filter(|i| *i != 0) {
+            remember(&LOCK_CLASS, inode + l.inode_i_rwsem as u64, lock_class::I_RWSEM);
         }
     }
-    if l.known & layout::LOCK_FILE != 0 {
-        if let Some(file) = read::<u64>(vma, l.vma_file).filter(|f| *f != 0) {
-            if let Some(mapping) = read::<u64>(file, l.file_mapping).filter(|m| *m != 0) {
-                remember(&LOCK_CLASS, mapping + l.mapping_i_mmap_rwsem as u64, lock_class::I_MMAP_RWSEM);
-            }
-            if let Some(inode) = read::<u64>(file, l.file_inode).filter(|i| *i != 0) {
-                remember(&LOCK_CLASS, inode + l.inode_i_rwsem as u64, lock_class::I_RWSEM);
-            }
-        }
-    }
-    if l.known & layout::LOCK_ANON != 0 {
-        if let Some(av) = read::<u64>(vma, l.vma_anon_vma).filter(|a| *a != 0) {
-            let root = read::<u64>(av, l.anon_vma_root).filter(|r| *r != 0).unwrap_or(av);
-            remember(&LOCK_CLASS, root + l.anon_vma_rwsem as u64, lock_class::ANON_VMA);
-        }
+    if k.anon != 0 {
+        let root = read::<u64>(k.anon, l.anon_vma_root).filter(|r| *r != 0).unwrap_or(k.anon);
+        remember(&LOCK_CLASS, root + l.anon_vma_rwsem as u64, lock_class::ANON_VMA);
     }
 }
 

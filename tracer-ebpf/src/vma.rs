@@ -8,9 +8,9 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::debug;
@@ -19,21 +19,28 @@ use tracer_common::{counter, fact, kind, layout, prepare_role, site};
 use crate::{
     emit::{Body, count, emit_body, keep_legal, stack_id, traced},
     kernel::{layout, mmap_facts, read, vma_facts, vma_mm, vma_readers},
-    locks::{learn, on_trylock_entry},
+    locks::{LearnKey, learn, learn_from, learn_key, on_trylock_entry},
 };
 
 /// The per-VMA read lock a task holds (lock_vma_under_rcu returned it, vma_end_read has not
-/// run), with what tells whether it can still be believed.
+/// run), with what tells whether it can still be believed. `vma == 0`: none.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Hold {
+    /// The task whose slot this is now (see [`TASK_VMA_READ`]).
+    tid: u32,
+    /// `Config::hold_epoch` when it was taken.
+    epoch: u32,
     vma: u64,
-    /// The VMA's hold generation ([`VMA_GEN`]) when it was taken.
+    /// The VMA's hold generation ([`VmaHolds::generation`]) when it was taken.
     generation: u64,
     /// The entry into the kernel it was taken in.
     entry: EntryId,
-    /// `Config::hold_epoch` when it was taken.
-    epoch: u32,
+    /// What the task's last lock_vma_under_rcu learned lock classes from (kept after the
+    /// release): the next fault on the same VMA, unchanged, skips learning them again. An
+    /// address aged out of LOCK_CLASS meanwhile is learned again at the next vma_start_write,
+    /// VMA change or fault on another VMA.
+    learned: LearnKey,
 }
 
 /// The daemon's current hold epoch (see `Config::hold_epoch`).
@@ -42,45 +49,97 @@ fn hold_epoch() -> u32 {
     crate::emit::CONFIG.get(0).map_or(0, |c| c.hold_epoch)
 }
 
-/// tid → the per-VMA read lock it holds now: one lookup on the fault path and at every
-/// mmap_lock attempt. LRU so a task whose release we never saw cannot fill it.
-#[map]
-static TASK_VMA_READ: LruHashMap<u32, Hold> = LruHashMap::with_max_entries(16384, 0);
+const TASK_SLOTS: u32 = 32768;
+const VMA_SLOT_BITS: u32 = 14;
 
-/// How many of the per-VMA read holds in TASK_VMA_READ name each VMA. vma_end_read() is inline
-/// almost everywhere, so a release can go unseen; comparing this with the VMA's real reader
-/// count tells whether every hold believed on it can still be real.
+/// The per-VMA read lock each task holds, in slot `tid % TASK_SLOTS`, tagged with the tid:
+/// one lookup on every fault's start and end and at every mmap_lock attempt. An array, not a
+/// hash map: the verifier inlines an array lookup to an address computation, while a hash
+/// lookup (and an LRU map's insert and delete) cost more under TCG than the rest of the fault
+/// path's programs together. Two tasks in one slot: the later hold replaces the earlier, which
+/// is then no longer believed (a verdict missed, never a false one).
 #[map]
-pub static VMA_BELIEVED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+static TASK_VMA_READ: Array<Hold> = Array::with_max_entries(TASK_SLOTS, 0);
+
+/// The current task's slot (whoever holds it now).
+#[inline(always)]
+fn task_slot(t: u32) -> Option<*mut Hold> {
+    TASK_VMA_READ.get_ptr_mut(t % TASK_SLOTS)
+}
+
+/// What is believed about the holds on one VMA. vma_end_read() is inline almost everywhere,
+/// so a release can go unseen; comparing `believed` with the VMA's real reader count tells
+/// whether every hold believed on it can still be real.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct VmaHolds {
+    /// The VMA whose slot this is now (see [`VMA_HOLDS`]).
+    vma: u64,
+    /// How many holds in TASK_VMA_READ name this VMA.
+    believed: u64,
+    /// Changed when more holds are believed on the VMA than it has readers, which proves some
+    /// believed holds stale (released unseen: an inline vma_end_read, or a handle_mm_fault
+    /// return the kernel skipped our program for), and when the VMA takes its slot. Holds of
+    /// another generation are no longer trusted, nor counted, so one stale hold cannot blind
+    /// the VMA for good.
+    generation: u64,
+}
+
+/// The holds believed on each VMA, in a slot picked by hashing its address and tagged with it
+/// (an array for the same reason as TASK_VMA_READ). A VMA taking a slot over starts a fresh
+/// generation, so no hold counted under the slot's earlier owner is believed.
+#[map]
+static VMA_HOLDS: Array<VmaHolds> = Array::with_max_entries(1 << VMA_SLOT_BITS, 0);
 
 #[inline(always)]
-fn believed_add(vma: u64, delta: i64) {
-    if VMA_BELIEVED.get_ptr_mut(&vma).is_none() {
-        let _ = VMA_BELIEVED.insert(&vma, &0u64, aya_ebpf::bindings::BPF_NOEXIST as u64);
+fn vma_slot(vma: u64) -> Option<*mut VmaHolds> {
+    // Fibonacci hashing: slab addresses share their low bits.
+    let i = ((vma >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - VMA_SLOT_BITS)) as u32;
+    VMA_HOLDS.get_ptr_mut(i)
+}
+
+/// `vma`'s slot, taken over (with a fresh generation) if another VMA had it.
+#[inline(always)]
+fn vma_holds_entry(vma: u64) -> Option<*mut VmaHolds> {
+    let v = vma_slot(vma)?;
+    // SAFETY: a valid map value (see `release` on the unlocked update).
+    unsafe {
+        if (*v).vma != vma {
+            // Nanoseconds: no generation a hold on this VMA was counted under before.
+            *v = VmaHolds { vma, believed: 0, generation: bpf_ktime_get_ns() };
+        }
     }
-    if let Some(p) = VMA_BELIEVED.get_ptr_mut(&vma) {
+    Some(v)
+}
+
+/// `vma`'s counts, if its slot still names it.
+#[inline(always)]
+fn vma_holds(vma: u64) -> Option<VmaHolds> {
+    vma_slot(vma).map(|v| unsafe { *v }).filter(|v| v.vma == vma)
+}
+
+/// Ends the hold in slot `h` (a TASK_VMA_READ value), if any, whoever's it is: a hold of
+/// another generation was already left out of the count.
+#[inline(always)]
+fn release(h: *mut Hold) {
+    // SAFETY: `h` is a TASK_VMA_READ value.
+    let held = unsafe { *h };
+    if held.vma == 0 {
+        return;
+    }
+    if let Some(v) = vma_slot(held.vma) {
         // SAFETY: a valid map value. A plain read-modify-write: the BPF atomic-add intrinsic
         // miscounted here (one +1 read back as 3 in a 6.12 guest). Two CPUs updating the same
         // VMA's count at the same instant can lose an update; the count is then off until the
-        // VMA is freed, which can only make a hold untrusted (no verdict) or, rarely, trusted.
-        unsafe { *p = (*p).wrapping_add(delta as u64) };
+        // next reset, which can only make a hold untrusted (no verdict) or, rarely, trusted.
+        unsafe {
+            if (*v).vma == held.vma && (*v).generation == held.generation {
+                (*v).believed = (*v).believed.saturating_sub(1);
+            }
+        }
     }
+    unsafe { (*h).vma = 0 };
 }
-
-/// Resets the holds believed on `vma` to `n`.
-#[inline(always)]
-fn believed_set(vma: u64, n: u64) {
-    if let Some(p) = VMA_BELIEVED.get_ptr_mut(&vma) {
-        unsafe { *p = n };
-    }
-}
-
-/// A VMA's hold generation: bumped when more holds are believed on it than it has readers,
-/// which proves some believed holds stale (released unseen: an inline vma_end_read, or a
-/// handle_mm_fault return the kernel skipped our program for). Holds of an older generation
-/// are no longer trusted, nor counted, so one stale hold cannot blind the VMA for good.
-#[map]
-static VMA_GEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Which entry into the kernel a hold was taken in: the user registers saved at that entry
 /// (x86_64 `struct pt_regs`: orig_ax, ip, sp). A per-VMA read lock never outlives the syscall
@@ -102,19 +161,9 @@ fn entry_id() -> EntryId {
     const IP: usize = 128;
     const SP: usize = 152;
     let regs = unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(aya_ebpf::helpers::generated::bpf_get_current_task_btf()) } as *const u8;
-    let at = |off: usize| unsafe { bpf_probe_read_kernel(regs.wrapping_add(off) as *const u64) }.unwrap_or(0);
-    EntryId { orig_ax: at(ORIG_AX), ip: at(IP), sp: at(SP) }
-}
-
-#[inline(always)]
-fn gen_of(vma: u64) -> u64 {
-    unsafe { VMA_GEN.get(&vma) }.copied().unwrap_or(0)
-}
-
-/// Holds believed on `vma` (at least 1 when the caller holds one).
-#[inline(always)]
-pub fn believed(vma: u64) -> u64 {
-    unsafe { VMA_BELIEVED.get(&vma) }.copied().unwrap_or(0)
+    // One read of orig_ax, ip, cs, flags, sp: a helper call costs more than the bytes.
+    let r = unsafe { bpf_probe_read_kernel(regs.wrapping_add(ORIG_AX) as *const [u64; 5]) }.unwrap_or([0; 5]);
+    EntryId { orig_ax: r[0], ip: r[(IP - ORIG_AX) / 8], sp: r[(SP - ORIG_AX) / 8] }
 }
 
 /// The rwsem a task holding a per-VMA read lock last passed to down_*_trylock: tid → sem.
@@ -432,33 +481,48 @@ fn on_vma_read_locked(vma: u64) {
         return;
     }
     count(counter::VMA_READ_TAKEN);
-    learn(vma);
-    // A hold this task still had was released unseen: it cannot hold two at once here.
-    drop_hold(tid());
-    believed_add(vma, 1);
-    let mut generation = gen_of(vma);
-    // Every hold on the VMA right now is a reader of it, ours included: believing more holds
-    // than that means some are stale. Start a new generation counting the real ones.
-    if let Some(readers) = vma_readers(&layout(), vma) {
-        if readers > 0 && u64::from(readers) < believed(vma) {
-            believed_set(vma, u64::from(readers));
-            generation += 1;
-            let _ = VMA_GEN.insert(&vma, &generation, 0);
+    let key = learn_key(vma);
+    let t = tid();
+    let Some(slot) = task_slot(t) else { return };
+    // SAFETY: a valid map value; the slot's task writes it, or one sharing its slot.
+    let mine = unsafe { (*slot).tid } == t;
+    if !(mine && unsafe { (*slot).learned } == key) {
+        learn_from(&key);
+    }
+    // A hold this task still had was released unseen: it cannot hold two at once here. A
+    // hold of another task in the slot is dropped from the count before it is replaced.
+    release(slot);
+    let mut generation = 0;
+    if let Some(v) = vma_holds_entry(vma) {
+        // SAFETY: a valid map value (see `release` on the unlocked update).
+        unsafe {
+            (*v).believed += 1;
+            // Every hold on the VMA right now is a reader of it, ours included: believing more
+            // holds than that means some are stale. Start a new generation counting the real ones.
+            if let Some(readers) = vma_readers(&layout(), vma) {
+                if readers > 0 && u64::from(readers) < (*v).believed {
+                    (*v).believed = u64::from(readers);
+                    (*v).generation += 1;
+                }
+            }
+            generation = (*v).generation;
         }
     }
-    let _ = TASK_VMA_READ.insert(&tid(), &Hold { vma, generation, entry: entry_id(), epoch: hold_epoch() }, 0);
+    // SAFETY: as above.
+    unsafe { *slot = Hold { tid: t, epoch: hold_epoch(), vma, generation, entry: entry_id(), learned: key } };
 }
 
-/// Forgets task `t`'s VMA read hold, if any.
+/// The current task's hold, if it has one.
 #[inline(always)]
-fn drop_hold(t: u32) {
-    if let Some(h) = unsafe { TASK_VMA_READ.get(&t) }.copied() {
-        let _ = TASK_VMA_READ.remove(&t);
-        // A hold of an older generation was already left out of the count.
-        if h.generation == gen_of(h.vma) {
-            believed_add(h.vma, -1);
-        }
-    }
+fn current_hold() -> Option<*mut Hold> {
+    let t = tid();
+    task_slot(t).filter(|h| unsafe { (**h).tid == t && (**h).vma != 0 })
+}
+
+/// Whether the current task is believed to hold a per-VMA read lock (trusted or not).
+#[inline(always)]
+fn holds_vma_read() -> bool {
+    current_hold().is_some()
 }
 
 /// `struct vm_area_struct *lock_vma_under_rcu(struct mm_struct *mm, unsigned long address)`.
@@ -477,11 +541,10 @@ pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
 /// Forgets the current task's VMA read lock: `vma` must match, or 0 forgets whatever it is.
 #[inline(always)]
 fn on_vma_read_dropped(vma: u64) {
-    let t = tid();
-    if let Some(held) = unsafe { TASK_VMA_READ.get(&t) }.map(|h| h.vma) {
-        if vma == 0 || held == vma {
+    if let Some(h) = current_hold() {
+        if vma == 0 || unsafe { (*h).vma } == vma {
             count(counter::VMA_READ_DROPPED);
-            drop_hold(t);
+            release(h);
         }
     }
 }
@@ -568,9 +631,8 @@ drop_then_lock_programs!(uffd_lock_vma_fentry, uffd_lock_vma_fexit, uffd_lock_vm
 #[inline(always)]
 fn on_trylock<C: Args>(ctx: &C) {
     on_trylock_entry(ctx.arg_u64(0));
-    let t = tid();
-    if unsafe { TASK_VMA_READ.get(&t) }.is_some() {
-        let _ = TASK_TRYLOCK.insert(&t, &ctx.arg_u64(0), 0);
+    if holds_vma_read() {
+        let _ = TASK_TRYLOCK.insert(&tid(), &ctx.arg_u64(0), 0);
     }
 }
 
@@ -622,9 +684,11 @@ pub fn took_trylock(sem: u64) -> bool {
 #[inline(always)]
 pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
     let t = tid();
-    let h = unsafe { TASK_VMA_READ.get(&t) }.copied()?;
-    // A hold from before the VMA's last reset may be one of the stale ones: not trusted.
-    if h.generation != gen_of(h.vma) {
+    let h = unsafe { *current_hold()? };
+    // A hold from before the VMA's last reset may be one of the stale ones: not trusted. Nor is
+    // one whose VMA lost its slot: nothing counts the holds on it any more.
+    let counts = vma_holds(h.vma)?;
+    if h.generation != counts.generation {
         return None;
     }
     let vma = h.vma;
@@ -642,7 +706,7 @@ pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
             None
         }
         Some(readers) => {
-            let b = believed(vma);
+            let b = counts.believed;
             if u64::from(readers) < b {
                 // Off the hot path (a task believed to hold a VMA read lock takes a lock):
                 // why a hold was not believed, for the daemon's log.
@@ -657,7 +721,9 @@ pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
 /// Forgets the current task's per-VMA read hold (found released) and its pending trylock.
 #[inline(always)]
 fn forget_vma_hold() {
-    drop_hold(tid());
+    if let Some(h) = current_hold() {
+        release(h);
+    }
     let _ = TASK_TRYLOCK.remove(&tid());
 }
 
