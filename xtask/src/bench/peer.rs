@@ -88,23 +88,23 @@ pub fn hooks_only_script(guest: bool) -> String {
     if !guest {
         return tracepoints.to_string();
     }
-    // One block per probe type, as in guest_script.
-    let block = |prefix: &str| {
-        let probes: Vec<&str> = GUEST_FUNCTIONS.iter().copied().filter(|p| p.starts_with(prefix)).collect();
-        format!("{} {{ @n = count(); }}\n", probes.join(",\n"))
-    };
-    format!("{tracepoints}{}{}", block("kfunc:"), block("kretfunc:"))
+    format!("{tracepoints}{}", function_blocks("{ @n = count(); }"))
 }
 
 /// bpftrace in a 7.x guest: the mmap_lock tracepoints as on the host, plus every function hook
 /// vmalock's default run attaches there, each counted per probe and task in a map (bpftrace's
 /// `pid` is the TGID, the filter `vmalock -c` applies).
 pub fn guest_script() -> String {
-    // One block per probe type: bpftrace 0.17 generates no code for a kretfunc that shares a
-    // block with a kfunc of the same function.
+    format!("{MMAP_LOCK_SCRIPT}{}", function_blocks("/pid == cpid/ { @calls[probe, tid] = count(); }"))
+}
+
+/// GUEST_FUNCTIONS as bpftrace blocks, each running `action`: one block per probe type, since
+/// bpftrace 0.17 generates no code for a kretfunc that shares a block with a kfunc of the same
+/// function.
+fn function_blocks(action: &str) -> String {
     let block = |prefix: &str| {
         let probes: Vec<&str> = GUEST_FUNCTIONS.iter().copied().filter(|p| p.starts_with(prefix)).collect();
-        format!("{} /pid == cpid/ {{ @calls[probe, tid] = count(); }}\n", probes.join(",\n"))
+        format!("{} {action}\n", probes.join(",\n"))
     };
-    format!("{MMAP_LOCK_SCRIPT}{}{}", block("kfunc:"), block("kretfunc:"))
+    format!("{}{}", block("kfunc:"), block("kretfunc:"))
 }
