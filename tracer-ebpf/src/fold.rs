@@ -15,7 +15,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_jiffies64},
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
 };
 use core::cmp::max;
 
@@ -39,7 +39,8 @@ pub struct Slot {
     /// Successful acquires sent minus releases sent. Only ever too high (a non-owner release,
     /// a downgrade taken for a nested read): that costs folding, never a verdict.
     depth: u32,
-    _pad: u32,
+    /// The task whose slot this is (0 = free): see [`FOLD`].
+    tid: u32,
     /// The mm of the write hold userspace knows of, so that mmap_write_downgrade's
     /// acquire_returned(read) is not counted as a second hold.
     write_mm: u64,
@@ -51,12 +52,20 @@ pub struct Slot {
     last_ts: u64,
 }
 
-const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, _pad: 0, write_mm: 0, known_mm: 0, last_ts: 0 };
+const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, tid: 0, write_mm: 0, known_mm: 0, last_ts: 0 };
 
-/// tid → slot. A plain hash, not LRU: evicting a kept acquire would make its release look
-/// unmatched. When it is full nothing more is folded. Entries go at the task's exit.
+const SLOTS: u32 = 32768;
+
+/// The slot of task `tid` is `tid % SLOTS`, tagged with the tid, and freed at the task's exit.
+/// An array, not a hash map: every mmap_lock acquire and release looks it up, and the verifier
+/// inlines an array lookup to an address computation where a hash lookup hashes and walks a
+/// bucket (host mmap loop, bpf_stats: the acquire program went from 153 to 100 ns per run, the
+/// release from 127 to 87). A slot is never taken from another task: dropping its kept
+/// acquire would make its release look unmatched. A task whose slot is taken folds nothing
+/// (every event is sent), as when the hash map was full. With the default pid_max (32768
+/// below 32 CPUs) no two live tasks share a slot.
 #[map]
-static FOLD: HashMap<u32, Slot> = HashMap::with_max_entries(32768, 0);
+static FOLD: Array<Slot> = Array::with_max_entries(SLOTS, 0);
 
 #[inline(always)]
 fn tid() -> u32 {
@@ -115,13 +124,18 @@ pub struct SlotRef(*mut Slot);
 /// on every hit); created when `create` (a successful acquire) and missing.
 #[inline(always)]
 pub fn slot(tid: u32, create: bool) -> Option<SlotRef> {
-    if let Some(p) = FOLD.get_ptr_mut(&tid) {
-        return Some(SlotRef(p));
+    let p = FOLD.get_ptr_mut(tid % SLOTS)?;
+    // SAFETY: a valid map value; only its own task writes it (and takes it when it is free).
+    unsafe {
+        if (*p).tid == tid && tid != 0 {
+            return Some(SlotRef(p));
+        }
+        if !create || (*p).tid != 0 || tid == 0 {
+            return None;
+        }
+        *p = Slot { tid, ..FRESH };
     }
-    if !create || FOLD.insert(&tid, &FRESH, 0).is_err() {
-        return None;
-    }
-    FOLD.get_ptr_mut(&tid).map(SlotRef)
+    Some(SlotRef(p))
 }
 
 // SAFETY (every method): a valid map value, touched only by its own task (and its exit).
@@ -232,5 +246,13 @@ impl SlotRef {
 /// The task is gone: its slot with it (after its kept acquire was sent).
 #[inline(always)]
 pub fn forget() {
-    let _ = FOLD.remove(&tid());
+    let t = tid();
+    if let Some(p) = FOLD.get_ptr_mut(t % SLOTS) {
+        // SAFETY: a valid map value, freed only by the task it is tagged with.
+        unsafe {
+            if (*p).tid == t {
+                *p = FRESH;
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     Global,
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
     EbpfContext,
 };
@@ -57,29 +57,42 @@ fn held_key(sem: u64) -> HeldKey {
     HeldKey { sem, tid: tid(), _pad: 0 }
 }
 
-/// How many watched rwsems each task holds (as far as seen): an mmap_lock attempt under one
-/// carries its kernel stack, the "taken" side of a lock-order edge.
+/// How many watched rwsems a task holds (as far as seen), in slot `tid % TASK_SLOTS` tagged
+/// with the tid: an mmap_lock attempt under one carries its kernel stack, the "taken" side of a
+/// lock-order edge. An array, not a hash: every mmap_lock attempt looks it up, and the verifier
+/// inlines an array lookup. A slot is taken from another task only while that task holds none;
+/// a task that cannot have one goes uncounted (an edge's stack missed, never a false edge: the
+/// model finds edges from the lock events themselves).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Held {
+    tid: u32,
+    n: u32,
+}
+
+const TASK_SLOTS: u32 = 32768;
+
 #[map]
-static TASK_HELD: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+static TASK_HELD: Array<Held> = Array::with_max_entries(TASK_SLOTS, 0);
 
 /// Whether the current task holds a watched rwsem.
 #[inline(always)]
 pub fn holds_watched() -> bool {
-    unsafe { TASK_HELD.get(&tid()) }.is_some_and(|n| *n > 0)
+    let t = tid();
+    TASK_HELD.get(t % TASK_SLOTS).is_some_and(|h| h.tid == t && h.n > 0)
 }
 
 #[inline(always)]
 fn held_add(up: bool) {
     let t = tid();
-    match TASK_HELD.get_ptr_mut(&t) {
-        // SAFETY: a valid map value, only ever written by its own task.
-        Some(n) => unsafe {
-            *n = if up { (*n).saturating_add(1) } else { (*n).saturating_sub(1) };
-        },
-        None if up => {
-            let _ = TASK_HELD.insert(&t, &1u32, 0);
+    let Some(h) = TASK_HELD.get_ptr_mut(t % TASK_SLOTS) else { return };
+    // SAFETY: a valid map value; its count is only changed by the task it is tagged with.
+    unsafe {
+        if (*h).tid == t {
+            (*h).n = if up { (*h).n.saturating_add(1) } else { (*h).n.saturating_sub(1) };
+        } else if up && (*h).n == 0 {
+            *h = Held { tid: t, n: 1 };
         }
-        None => {}
     }
 }
 
@@ -262,7 +275,15 @@ fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
 /// A task that exits forgets its count.
 #[inline(always)]
 pub fn forget_task_locks() {
-    let _ = TASK_HELD.remove(&tid());
+    let t = tid();
+    if let Some(h) = TASK_HELD.get_ptr_mut(t % TASK_SLOTS) {
+        // SAFETY: a valid map value; only its own task frees it.
+        unsafe {
+            if (*h).tid == t {
+                *h = Held { tid: 0, n: 0 };
+            }
+        }
+    }
     let _ = TRY_PENDING.remove(&tid());
 }
 
