@@ -212,7 +212,10 @@ fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, 
     if success {
         flags |= flag::SUCCESS;
     }
-    let body = Body { mm: 0, vma, args: [sem, class, 0], facts, stack_id: stack_id(ctx) };
+    // Only an acquire's stack is ever shown (a lock-order edge's two sides); a release is never
+    // a verdict, and a stack walk is the dearest part of an event under TCG.
+    let stack_id = if k == kind::LOCK_ACQUIRE { stack_id(ctx) } else { -1 };
+    let body = Body { mm: 0, vma, args: [sem, class, 0], facts, stack_id };
     emit_body(ctx, k, flags, &body);
 }
 

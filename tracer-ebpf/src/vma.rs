@@ -17,7 +17,7 @@ use aya_log_ebpf::debug;
 use tracer_common::{counter, fact, kind, layout, prepare_role, site};
 
 use crate::{
-    emit::{Body, count, emit_body, keep_legal, stack_id, traced},
+    emit::{Body, count, emit_body, keep_legal, stack_id, traced, witness_stack_id},
     kernel::{layout, mmap_facts, read, vma_facts, vma_mm, vma_readers},
     locks::{LearnKey, learn, learn_from, learn_key, on_trylock_entry},
 };
@@ -213,6 +213,14 @@ fn unlocked_known(facts: u32) -> bool {
     facts & (fact::VMA_KNOWN | fact::VMA_WRITE_LOCKED) == fact::VMA_KNOWN
 }
 
+/// The stack of an event that is no lock acquisition (no lock-order witness): walked only when
+/// its facts leave it `judged`, a possible verdict, since no verdict shows a legal one's (in
+/// `record` and `--all-events`, which send those too, the walk was most of their cost).
+#[inline(always)]
+fn verdict_stack_id<C: StackIdContext>(ctx: &C, judged: bool) -> i32 {
+    if judged { stack_id(ctx) } else { -1 }
+}
+
 /// The task holds an rwsem lock-order watches: a lock taken now is the end of an edge.
 #[inline(always)]
 fn under_watched_lock() -> bool {
@@ -256,10 +264,15 @@ pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64) {
     // Legal: this task holds the mmap_lock for write (vma-write-needs-mmap-write). It is still
     // sent under a watched rwsem, where it is the taken side of a lock-order edge.
     let legal = facts & (fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT) == fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT;
-    if legal && !under_watched_lock() && keep_legal(kind::VMA_WRITE_LOCK) {
-        return;
-    }
-    let body = Body { mm, vma, args: [0, 0, 0], facts, stack_id: stack_id(ctx) };
+    let stack_id = if legal && !under_watched_lock() {
+        if keep_legal(kind::VMA_WRITE_LOCK) {
+            return;
+        }
+        witness_stack_id(ctx)
+    } else {
+        stack_id(ctx)
+    };
+    let body = Body { mm, vma, args: [0, 0, 0], facts, stack_id };
     emit_body(ctx, kind::VMA_WRITE_LOCK, 0, &body);
 }
 
@@ -399,7 +412,7 @@ fn on_vma_prepare<C: Args>(ctx: &C) {
         return;
     }
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
-    let body = Body { mm, vma, args: [unlocked, first, 0], facts, stack_id: stack_id(ctx) };
+    let body = Body { mm, vma, args: [unlocked, first, 0], facts, stack_id: verdict_stack_id(ctx, unlocked != 0) };
     emit_body(ctx, kind::VMA_PREPARE, 0, &body);
 }
 
@@ -429,7 +442,7 @@ fn on_new_vma<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, site: u64) {
     if !unlocked_known(facts) && keep_legal(kind::VMA_NEW) {
         return;
     }
-    let body = Body { mm, vma, args: [site, 0, 0], facts, stack_id: stack_id(ctx) };
+    let body = Body { mm, vma, args: [site, 0, 0], facts, stack_id: verdict_stack_id(ctx, unlocked_known(facts)) };
     emit_body(ctx, kind::VMA_NEW, 0, &body);
 }
 
@@ -848,7 +861,7 @@ fn on_modify_exit<C: EbpfContext + StackIdContext, const SITE: u64>(ctx: &C) {
     if !unlocked_known(facts) && keep_legal(kind::VMA_MODIFIED) {
         return;
     }
-    let body = Body { mm, vma, args: [before.flags, after.flags, SITE | (changed << 16)], facts, stack_id: stack_id(ctx) };
+    let body = Body { mm, vma, args: [before.flags, after.flags, SITE | (changed << 16)], facts, stack_id: verdict_stack_id(ctx, unlocked_known(facts)) };
     emit_body(ctx, kind::VMA_MODIFIED, 0, &body);
 }
 

@@ -4,11 +4,12 @@
 //! trace of it), and hashing them was the model's largest single cost on a replay. This is the
 //! multiply-rotate scheme rustc uses for its own tables: a few cycles per word.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
-pub(crate) type FastSet<K> = HashSet<K, BuildHasherDefault<WordHasher>>;
+#[cfg(test)]
+pub(crate) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<WordHasher>>;
 
 /// Mixes each word in with a rotate, xor and multiply by an odd constant.
 #[derive(Default, Clone, Copy)]

@@ -47,7 +47,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde::Serialize;
 
-use super::fasthash::{FastMap, FastSet};
+use super::fasthash::FastMap;
 use super::rules::{LOCK_ORDER, NO_MMAP_UNDER_VMA_READ};
 use super::verdict::{TaskRef, Verdict};
 use crate::event::{Event, LockClass, What};
@@ -195,7 +195,11 @@ pub(crate) struct LockOrder {
     edges: Vec<Edge>,
     index: FastMap<(Key, Key), usize>,
     out_edges: FastMap<Key, Vec<usize>>,
-    chains: FastSet<u64>,
+    /// Held-lock chains validated (hash of held keys and the new one), each with whether the
+    /// acquisition that validated it had a stack: a chain first seen without one takes the
+    /// first stack of a later acquisition along it (the eBPF side walks the stack of only some
+    /// legal VMA write locks: `witness_stack_id`).
+    chains: FastMap<u64, bool>,
     pub(crate) chain_hits: u64,
     pub(crate) too_deep: u64,
     cycles: Vec<Cycle>,
@@ -326,17 +330,43 @@ impl LockOrder {
             (x.key, x.take).hash(&mut h);
         }
         (key, take).hash(&mut h);
-        if !self.chains.insert(h.finish()) {
-            self.chain_hits += 1;
-            return;
-        }
+        let has_stack = ev.stack.is_some();
+        let stackless_hit = match self.chains.get_mut(&h.finish()) {
+            Some(had_stack) => {
+                self.chain_hits += 1;
+                if *had_stack || !has_stack {
+                    return;
+                }
+                *had_stack = true;
+                true
+            }
+            None => {
+                self.chains.insert(h.finish(), has_stack);
+                false
+            }
+        };
         let mut seen = HashSet::new();
         for x in held.iter().rev() {
             if x.key == key || !seen.insert(x.key) {
                 // Past the deepest subclass, or an older lock of the same key: nothing new.
                 continue;
             }
-            self.add_edge(x, key, take, ev, out);
+            if stackless_hit {
+                self.give_stack(x, key, ev);
+            } else {
+                self.add_edge(x, key, take, ev, out);
+            }
+        }
+    }
+
+    /// The edge `held` -> `to`, if its witness's taken side has no stack, is witnessed by `ev`
+    /// (which has one) instead: the same order, seen again with the stack a report prints.
+    fn give_stack(&mut self, held: &Held, to: Key, ev: &Event) {
+        if let Some(&i) = self.index.get(&(held.key, to)) {
+            let e = &mut self.edges[i];
+            if e.witness.taken.stack.is_none() && ev.stack.is_some() {
+                e.witness = Witness { task: TaskRef::from(ev), ts_ns: ev.ts_ns, held: held.ev.clone(), taken: ev.clone() };
+            }
         }
     }
 
@@ -385,7 +415,7 @@ impl LockOrder {
         let from = held.key;
         let bit = dep_bit(held.take, take);
         let i = match self.index.get(&(from, to)) {
-            Some(&i) if self.edges[i].deps & bit != 0 => return,
+            Some(&i) if self.edges[i].deps & bit != 0 => return self.give_stack(held, to, ev),
             Some(&i) => {
                 self.edges[i].deps |= bit;
                 i
@@ -691,6 +721,39 @@ mod tests {
         r.lock(2, LockClass::IMmapRwsem, MAPPING, true).mmap(2, MM_B, false);
         assert_eq!(r.lock_order().len(), 2);
         assert!(r.model.lock_order.chain_hits > 0);
+    }
+
+    /// The eBPF side walks the stack of only some legal VMA write locks (`witness_stack_id`):
+    /// the edge an unstacked one starts is witnessed by the next acquisition along the same
+    /// order that has a stack, and one without a stack changes nothing.
+    #[test]
+    fn an_order_first_seen_without_a_stack_takes_the_next_ones() {
+        let mut r = Run::new();
+        let vma = 0xffff_8880_4444_0000;
+        let write_lock = |r: &mut Run, tid: u32, stack: Option<u32>| {
+            r.ts += 1;
+            let what = What::VmaWriteLock { mm: MM_A, vma, facts: Default::default() };
+            let ev = Event { ts_ns: r.ts, cpu: 0, tid, tgid: tid, comm: format!("t{tid}"), task_new: true, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack, what };
+            r.model.apply(&ev, &mut r.out);
+        };
+        let taken = |r: &Run| {
+            let g = r.model.lock_order.graph();
+            let e: Vec<_> = g.edges.iter().filter(|l| l.from == "mmap_lock" && l.to == "vma_lock").collect();
+            assert_eq!(e.len(), 1, "{:#?}", g.edges);
+            (e[0].task.tid, e[0].taken_stack_id)
+        };
+        r.mmap(1, MM_A, true);
+        write_lock(&mut r, 1, None);
+        assert_eq!(taken(&r), (1, None));
+        write_lock(&mut r, 1, None);
+        assert_eq!(taken(&r), (1, None), "no stack to give");
+        r.mmap_unlock(1, MM_A, true).mmap(2, MM_A, true);
+        write_lock(&mut r, 2, Some(77));
+        assert_eq!(taken(&r), (2, Some(77)), "the first stack along the order witnesses it");
+        write_lock(&mut r, 2, Some(78));
+        write_lock(&mut r, 2, None);
+        assert_eq!(taken(&r), (2, Some(77)), "a witness with a stack is kept");
+        assert!(r.lock_order().is_empty(), "{:#?}", r.out);
     }
 
     #[test]
