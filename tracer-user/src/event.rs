@@ -4,6 +4,8 @@
 //! and replays handle exactly the same values.
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::comm::Comm;
 use tracer_common::{RawEvent, fact, flag, kind, lock_class, site, snap};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,7 +15,7 @@ pub struct Event {
     pub cpu: u32,
     pub tid: u32,
     pub tgid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// The task started after tracing began: every lock it holds was seen being taken.
     #[serde(default, skip_serializing_if = "is_false")]
     pub task_new: bool,
@@ -468,7 +470,7 @@ impl Event {
             cpu: 0,
             tid: 0,
             tgid: 0,
-            comm: String::new(),
+            comm: Comm::default(),
             task_new: false,
             ts_coarse: false,
             lost_before: 0,
@@ -485,7 +487,7 @@ impl Event {
             cpu: before.cpu,
             tid: 0,
             tgid: 0,
-            comm: String::new(),
+            comm: Comm::default(),
             task_new: false,
             ts_coarse: false,
             lost_before: 0,
@@ -569,13 +571,12 @@ impl Event {
             }
             k => return Err(DecodeError::UnknownKind(k)),
         };
-        let comm_len = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
         Ok(Event {
             ts_ns: raw.ts_ns,
             cpu: raw.cpu,
             tid: raw.tid,
             tgid: raw.tgid,
-            comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+            comm: Comm::from_kernel(&raw.comm),
             task_new: raw.flags & flag::TASK_NEW != 0,
             ts_coarse: raw.flags & flag::TS_COARSE != 0,
             lost_before: raw.lost_before,

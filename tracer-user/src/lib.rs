@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: probes → ring buffer → [`event`] decode → [`model`] (pure: no aya, no
 //! tokio, no I/O, so live runs and replays judge alike) → sinks ([`trace`] files, reports).
+pub mod comm;
 pub mod event;
 pub mod model;
 pub mod trace;

@@ -662,7 +662,7 @@ mod tests {
         }
         fn ev(&mut self, tid: u32, what: What) -> &mut Self {
             self.ts += 1;
-            let ev = Event { ts_ns: self.ts, cpu: 0, tid, tgid: tid, comm: format!("t{tid}"), task_new: true, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack: Some(tid * 100 + self.ts as u32), what };
+            let ev = Event { ts_ns: self.ts, cpu: 0, tid, tgid: tid, comm: format!("t{tid}").into(), task_new: true, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack: Some(tid * 100 + self.ts as u32), what };
             self.model.apply(&ev, &mut self.out);
             self
         }
@@ -733,7 +733,7 @@ mod tests {
         let write_lock = |r: &mut Run, tid: u32, stack: Option<u32>| {
             r.ts += 1;
             let what = What::VmaWriteLock { mm: MM_A, vma, facts: Default::default() };
-            let ev = Event { ts_ns: r.ts, cpu: 0, tid, tgid: tid, comm: format!("t{tid}"), task_new: true, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack, what };
+            let ev = Event { ts_ns: r.ts, cpu: 0, tid, tgid: tid, comm: format!("t{tid}").into(), task_new: true, ts_coarse: false, lost_before: 0, loss_epoch: 0, stack, what };
             r.model.apply(&ev, &mut r.out);
         };
         let taken = |r: &Run| {

@@ -556,7 +556,7 @@ mod tests {
                 cpu: 0,
                 tid,
                 tgid: tid - 1,
-                comm: format!("task{tid}"),
+                comm: format!("task{tid}").into(),
                 task_new: tid >= FIRST_NEW,
                 ts_coarse: false,
                 lost_before: 0,
@@ -862,7 +862,7 @@ mod tests {
         let want = TaskRef {
             tid: NEW,
             tgid: NEW - 1,
-            comm: format!("task{NEW}"),
+            comm: format!("task{NEW}").into(),
         };
         assert_eq!((&v[0].task, v[0].mm, v[0].ts_ns), (&want, B, exit.ts_ns));
         assert_eq!(v[0].events, [take, exit]);

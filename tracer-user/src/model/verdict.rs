@@ -15,7 +15,7 @@ use crate::event::{Event, What, kind_name};
 pub struct TaskRef {
     pub tid: u32,
     pub tgid: u32,
-    pub comm: String,
+    pub comm: crate::event::Comm,
 }
 
 impl From<&Event> for TaskRef {
@@ -23,7 +23,7 @@ impl From<&Event> for TaskRef {
         TaskRef {
             tid: ev.tid,
             tgid: ev.tgid,
-            comm: ev.comm.clone(),
+            comm: ev.comm,
         }
     }
 }

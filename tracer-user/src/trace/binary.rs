@@ -12,7 +12,7 @@
 //! Each record carries its length, so a reader knows a cut-short last record from a corrupt one
 //! and never reads past a record whatever its body says.
 
-use crate::event::{Event, Facts, LockClass, WalkLock, What};
+use crate::event::{Comm, Event, Facts, LockClass, WalkLock, What};
 
 /// First bytes of a binary trace. The high first byte keeps it from being taken for text
 /// (and shows when something mangled it as text), as PNG's does.
@@ -188,7 +188,7 @@ pub fn decode_event(body: &[u8]) -> Result<Event, String> {
         return Err(format!("unknown event flags {flags:#x}"));
     }
     let stack = if flags & HAS_STACK != 0 { Some(d.u32()?) } else { None };
-    let comm = d.str()?;
+    let comm = d.comm()?;
     let what = match d.u8()? {
         kind::MMAP_LOCK_START => What::MmapLockStart { mm: d.u64()?, write: d.bool()?, vma_read: d.opt()? },
         kind::MMAP_LOCK_ACQUIRED => What::MmapLockAcquired {
@@ -354,9 +354,17 @@ impl<'a> Dec<'a> {
             .ok_or_else(|| format!("unknown lock class {v}"))
     }
     fn str(&mut self) -> Result<String, String> {
+        self.str_ref().map(str::to_owned)
+    }
+    fn str_ref(&mut self) -> Result<&'a str, String> {
         let n = self.u16()?;
         let bytes = self.take(n.into())?;
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| format!("a string that is not UTF-8: {e}"))
+        std::str::from_utf8(bytes).map_err(|e| format!("a string that is not UTF-8: {e}"))
+    }
+    /// A comm: read in place, no allocation.
+    fn comm(&mut self) -> Result<Comm, String> {
+        let s = self.str_ref()?;
+        Comm::new(s).ok_or_else(|| format!("a comm of {} bytes (a task's comm is at most 47)", s.len()))
     }
     fn strs(&mut self) -> Result<Vec<String>, String> {
         (0..self.u16()?).map(|_| self.str()).collect()

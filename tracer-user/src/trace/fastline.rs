@@ -11,7 +11,7 @@
 //! with serde as before. So it can make a replay faster but never different, and every error message still
 //! comes from serde. `tests::fast_path_agrees_with_serde` holds it to that.
 
-use crate::event::{Event, LockClass, What};
+use crate::event::{Comm, Event, LockClass, What};
 
 /// The event on `line` if it is one of the fast kinds exactly as the writer writes it; `None`
 /// means "parse it with serde".
@@ -29,7 +29,7 @@ pub fn event(line: &[u8]) -> Option<Event> {
     s.lit(b",\"tgid\":")?;
     let tgid = s.u32()?;
     s.lit(b",\"comm\":")?;
-    let comm = std::str::from_utf8(s.string()?).ok()?;
+    let comm = Comm::new(std::str::from_utf8(s.string()?).ok()?)?;
     // Written only when true / non-zero / present.
     let task_new = s.opt_lit(b",\"task_new\":true");
     let ts_coarse = s.opt_lit(b",\"ts_coarse\":true");
@@ -83,7 +83,7 @@ pub fn event(line: &[u8]) -> Option<Event> {
         cpu,
         tid,
         tgid,
-        comm: comm.to_owned(),
+        comm,
         task_new,
         ts_coarse,
         lost_before,

@@ -139,7 +139,7 @@ impl Data {
         g.count += 1;
         g.first_ns = g.first_ns.min(v.ts_ns);
         g.last_ns = g.last_ns.max(v.ts_ns);
-        g.tasks.insert(v.task.tid, (v.task.tgid, v.task.comm.clone()));
+        g.tasks.insert(v.task.tid, (v.task.tgid, v.task.comm.to_string()));
         g.last = v;
     }
 

@@ -39,7 +39,7 @@ pub fn render(f: &mut Frame, area: Rect, app: &App) {
     let rows: Vec<Row> = tasks
         .iter()
         .filter(|(t, _)| fl.task(t.tid, t.tgid, &t.comm))
-        .map(|(t, locks)| Row::new(vec![t.comm.clone(), t.tid.to_string(), t.tgid.to_string(), locks.join(", ")]))
+        .map(|(t, locks)| Row::new(vec![t.comm.to_string(), t.tid.to_string(), t.tgid.to_string(), locks.join(", ")]))
         .collect();
     let count = rows.len();
     let table = Table::new(rows, [Constraint::Length(16), Constraint::Length(8), Constraint::Length(8), Constraint::Fill(1)])
