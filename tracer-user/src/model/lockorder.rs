@@ -53,6 +53,9 @@ use super::verdict::{TaskRef, Verdict};
 use crate::event::{Event, LockClass, What};
 
 /// lockdep's MAX_LOCKDEP_SUBCLASSES: deeper same-class nesting shares the last subclass.
+/// How many emptied held-lock stacks are kept for reuse.
+const SPARE_STACKS: usize = 256;
+
 const MAX_SUBCLASS: u8 = 7;
 /// Locks one task can hold at once (lockdep's MAX_LOCK_DEPTH); deeper acquisitions are not
 /// tracked (counted in `LockOrder::too_deep`).
@@ -190,6 +193,9 @@ pub struct ChainLink {
 #[derive(Debug, Default)]
 pub(crate) struct LockOrder {
     tasks: FastMap<u32, Vec<Held>>,
+    /// Emptied `tasks` stacks, kept for the next task to take a lock: a task takes and drops
+    /// its locks over and over, and a new Vec each time was an allocation per hold.
+    spare: Vec<Vec<Held>>,
     /// mmap_lock attempts started but not returned, by task: (mm, write, edges already added).
     pending: FastMap<u32, (u64, bool, bool)>,
     edges: Vec<Edge>,
@@ -303,8 +309,8 @@ impl LockOrder {
 
     /// One deeper than the deepest lock of `class` held (another lock of it), 0 if none: a
     /// nested lock never shares a key with one held, whatever was released in between.
-    fn subclass(held: &[Held], class: LockClass, addr: u64) -> u8 {
-        held.iter().filter(|h| h.key.class == class && h.addr != addr).map(|h| h.key.sub + 1).max().unwrap_or(0).min(MAX_SUBCLASS)
+    fn subclass<'a>(held: impl Iterator<Item = &'a Held>, class: LockClass, addr: u64) -> u8 {
+        held.filter(|h| h.key.class == class && h.addr != addr).map(|h| h.key.sub + 1).max().unwrap_or(0).min(MAX_SUBCLASS)
     }
 
     /// Records the dependencies of taking (`class`, `addr`) as `take` on everything the task
@@ -313,20 +319,18 @@ impl LockOrder {
         if self.blind {
             return;
         }
-        let mut held: Vec<Held> = Vec::new();
-        if let Some(v) = vma_read {
-            // A trylock held since lock_vma_under_rcu, so only ever a "from" side.
-            held.push(Held { key: Key { class: LockClass::VmaLock, sub: 0 }, addr: v, take: Take::Read, count: 1, ev: ev.clone() });
-        }
-        if let Some(t) = self.tasks.get(&ev.tid) {
-            held.extend(t.iter().cloned());
-        }
-        if held.iter().any(|h| h.key.class == class && h.addr == addr) {
+        // A trylock held since lock_vma_under_rcu, so only ever a "from" side.
+        let vma_held = vma_read.map(|v| Held { key: Key { class: LockClass::VmaLock, sub: 0 }, addr: v, take: Take::Read, count: 1, ev: ev.clone() });
+        let task = self.tasks.get(&ev.tid).map_or(&[][..], Vec::as_slice);
+        // What the task holds, oldest first. Walked in place: almost every acquisition matches
+        // a chain already validated, and that path allocates nothing.
+        let held = || vma_held.iter().chain(task);
+        if held().any(|h| h.key.class == class && h.addr == addr) {
             return; // re-taking a lock it holds: mmap-lock-balance's business, no new order
         }
-        let key = Key { class, sub: Self::subclass(&held, class, addr) };
+        let key = Key { class, sub: Self::subclass(held(), class, addr) };
         let mut h = DefaultHasher::new();
-        for x in &held {
+        for x in held() {
             (x.key, x.take).hash(&mut h);
         }
         (key, take).hash(&mut h);
@@ -345,6 +349,7 @@ impl LockOrder {
                 false
             }
         };
+        let held: Vec<Held> = held().cloned().collect();
         let mut seen = HashSet::new();
         for x in held.iter().rev() {
             if x.key == key || !seen.insert(x.key) {
@@ -371,7 +376,8 @@ impl LockOrder {
     }
 
     fn push(&mut self, ev: &Event, class: LockClass, addr: u64, take: Take) {
-        let stack = self.tasks.entry(ev.tid).or_default();
+        let spare = &mut self.spare;
+        let stack = self.tasks.entry(ev.tid).or_insert_with(|| spare.pop().unwrap_or_default());
         if let Some(h) = stack.iter_mut().rev().find(|h| h.key.class == class && h.addr == addr) {
             h.count += 1;
             return;
@@ -380,7 +386,7 @@ impl LockOrder {
             self.too_deep += 1;
             return;
         }
-        let key = Key { class, sub: Self::subclass(stack, class, addr) };
+        let key = Key { class, sub: Self::subclass(stack.iter(), class, addr) };
         stack.push(Held { key, addr, take, count: 1, ev: ev.clone() });
     }
 
@@ -400,8 +406,11 @@ impl LockOrder {
                 stack.remove(i);
             }
         }
-        if stack.is_empty() {
-            self.tasks.remove(&tid);
+        if stack.is_empty()
+            && let Some(empty) = self.tasks.remove(&tid)
+            && self.spare.len() < SPARE_STACKS
+        {
+            self.spare.push(empty);
         }
     }
 
