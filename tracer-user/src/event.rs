@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::comm::Comm;
+pub use crate::nameset::NameSet;
 use tracer_common::{RawEvent, fact, flag, kind, lock_class, site, snap};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,8 +291,8 @@ pub enum What {
         mm: u64,
         #[serde(with = "hex")]
         vma: u64,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        unlocked: Vec<String>,
+        #[serde(default = "no_roles", deserialize_with = "prepare_roles", skip_serializing_if = "NameSet::is_empty")]
+        unlocked: NameSet,
         #[serde(with = "hex")]
         first_unlocked: u64,
         facts: Facts,
@@ -314,7 +315,8 @@ pub enum What {
         vma: u64,
         #[serde(with = "hex")]
         vm_start: u64,
-        changes: Vec<String>,
+        #[serde(deserialize_with = "snap_changes")]
+        changes: NameSet,
         /// vm_flags bits that changed since the previous snapshot.
         #[serde(with = "hex")]
         flags_changed: u64,
@@ -328,7 +330,8 @@ pub enum What {
         vma: u64,
         #[serde(with = "site_str")]
         site: u64,
-        changes: Vec<String>,
+        #[serde(deserialize_with = "snap_changes")]
+        changes: NameSet,
         #[serde(with = "hex")]
         flags_before: u64,
         #[serde(with = "hex")]
@@ -387,8 +390,16 @@ pub const SNAP_CHANGES: &[(u64, &str)] = &[
     (snap::MM_SEEN_BEFORE, "mm_seen_before"),
 ];
 
-fn names(bits: u64, table: &[(u64, &str)]) -> Vec<String> {
-    table.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| n.to_string()).collect()
+fn no_roles() -> NameSet {
+    NameSet::empty(PREPARE_ROLES)
+}
+
+fn prepare_roles<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NameSet, D::Error> {
+    crate::nameset::deserialize(d, PREPARE_ROLES)
+}
+
+fn snap_changes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NameSet, D::Error> {
+    crate::nameset::deserialize(d, SNAP_CHANGES)
 }
 
 /// Optional kernel pointers, as `hex`.
@@ -531,7 +542,7 @@ impl Event {
             kind::VMA_PREPARE => What::VmaPrepare {
                 mm,
                 vma,
-                unlocked: names(raw.args[0], PREPARE_ROLES),
+                unlocked: NameSet::from_bits(raw.args[0], PREPARE_ROLES),
                 first_unlocked: raw.args[1],
                 facts,
             },
@@ -540,7 +551,7 @@ impl Event {
                 mm,
                 vma,
                 site: raw.args[2] & 0xffff,
-                changes: names(raw.args[2] >> 16, SNAP_CHANGES),
+                changes: NameSet::from_bits(raw.args[2] >> 16, SNAP_CHANGES),
                 flags_before: raw.args[0],
                 flags_after: raw.args[1],
                 facts,
@@ -549,7 +560,7 @@ impl Event {
                 mm,
                 vma,
                 vm_start: raw.args[0],
-                changes: names(raw.args[1], SNAP_CHANGES),
+                changes: NameSet::from_bits(raw.args[1], SNAP_CHANGES),
                 flags_changed: raw.args[2],
                 facts,
             },

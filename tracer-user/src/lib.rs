@@ -4,6 +4,7 @@
 //! tokio, no I/O, so live runs and replays judge alike) → sinks ([`trace`] files, reports).
 pub mod comm;
 pub mod event;
+pub mod nameset;
 pub mod model;
 pub mod trace;
 pub mod btf;

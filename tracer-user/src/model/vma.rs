@@ -13,7 +13,7 @@ use super::rules::{
     VMA_PREPARE_PRELOCKED, VMA_WRITE_NEEDS_MMAP_WRITE,
 };
 use super::verdict::Verdict;
-use crate::event::{Event, Facts, WalkLock, What, site_name};
+use crate::event::{Event, Facts, NameSet, WalkLock, What, site_name};
 use tracer_common::{fact, site};
 
 /// vm_flags bits the kernel legally changes without the VMA write lock, with the source that
@@ -162,8 +162,8 @@ impl VmaRules {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn snapshot(&mut self, ev: &Event, mm: u64, vma: u64, vm_start: u64, changes: &[String], flags_changed: u64, facts: Facts, out: &mut Vec<Verdict>) {
-        let has = |c: &str| changes.iter().any(|x| x == c);
+    fn snapshot(&mut self, ev: &Event, mm: u64, vma: u64, vm_start: u64, changes: &NameSet, flags_changed: u64, facts: Facts, out: &mut Vec<Verdict>) {
+        let has = |c: &str| changes.has(c);
         // The iterator holds the mm's mmap_lock for read while it runs, so no mmap write section
         // is open: a VMA that still looks write-locked was locked outside one.
         if facts.vma_known() && facts.has(fact::VMA_WRITE_LOCKED) {
@@ -291,7 +291,7 @@ mod tests {
         let prep = |unlocked: &[&str]| What::VmaPrepare {
             mm: MM,
             vma: VMA,
-            unlocked: unlocked.iter().map(|s| s.to_string()).collect(),
+            unlocked: NameSet::from_names(unlocked.iter().copied(), crate::event::PREPARE_ROLES).unwrap(),
             first_unlocked: VMA,
             facts: Facts(WRITER),
         };
@@ -308,7 +308,7 @@ mod tests {
     }
 
     fn snap(changes: &[&str], flags_changed: u64, facts: u32) -> What {
-        What::VmaSnapshot { mm: MM, vma: VMA, vm_start: 0x1000, changes: changes.iter().map(|s| s.to_string()).collect(), flags_changed, facts: Facts(facts) }
+        What::VmaSnapshot { mm: MM, vma: VMA, vm_start: 0x1000, changes: NameSet::from_names(changes.iter().copied(), crate::event::SNAP_CHANGES).unwrap(), flags_changed, facts: Facts(facts) }
     }
 
     #[test]
@@ -331,7 +331,7 @@ mod tests {
             mm: MM,
             vma: VMA,
             site: site::MPROTECT_FIXUP,
-            changes: vec!["vm_flags".into()],
+            changes: NameSet::from_names(["vm_flags"], crate::event::SNAP_CHANGES).unwrap(),
             flags_before: 0x73,
             flags_after: 0x71,
             facts: Facts(facts),

@@ -12,7 +12,7 @@
 //! Each record carries its length, so a reader knows a cut-short last record from a corrupt one
 //! and never reads past a record whatever its body says.
 
-use crate::event::{Comm, Event, Facts, LockClass, WalkLock, What};
+use crate::event::{Comm, Event, Facts, LockClass, NameSet, PREPARE_ROLES, SNAP_CHANGES, WalkLock, What};
 
 /// First bytes of a binary trace. The high first byte keeps it from being taken for text
 /// (and shows when something mangled it as text), as PNG's does.
@@ -116,7 +116,7 @@ pub fn encode_event(ev: &Event, out: &mut Vec<u8>) {
             e.u8(kind::VMA_PREPARE);
             e.u64(*mm);
             e.u64(*vma);
-            e.strs(unlocked);
+            e.names(unlocked);
             e.u64(*first_unlocked);
             e.u32(facts.0);
         }
@@ -132,7 +132,7 @@ pub fn encode_event(ev: &Event, out: &mut Vec<u8>) {
             e.u64(*mm);
             e.u64(*vma);
             e.u64(*vm_start);
-            e.strs(changes);
+            e.names(changes);
             e.u64(*flags_changed);
             e.u32(facts.0);
         }
@@ -141,7 +141,7 @@ pub fn encode_event(ev: &Event, out: &mut Vec<u8>) {
             e.u64(*mm);
             e.u64(*vma);
             e.u64(*site);
-            e.strs(changes);
+            e.names(changes);
             e.u64(*flags_before);
             e.u64(*flags_after);
             e.u32(facts.0);
@@ -214,7 +214,7 @@ pub fn decode_event(body: &[u8]) -> Result<Event, String> {
         kind::VMA_PREPARE => What::VmaPrepare {
             mm: d.u64()?,
             vma: d.u64()?,
-            unlocked: d.strs()?,
+            unlocked: d.names(PREPARE_ROLES)?,
             first_unlocked: d.u64()?,
             facts: Facts(d.u32()?),
         },
@@ -223,7 +223,7 @@ pub fn decode_event(body: &[u8]) -> Result<Event, String> {
             mm: d.u64()?,
             vma: d.u64()?,
             vm_start: d.u64()?,
-            changes: d.strs()?,
+            changes: d.names(SNAP_CHANGES)?,
             flags_changed: d.u64()?,
             facts: Facts(d.u32()?),
         },
@@ -231,7 +231,7 @@ pub fn decode_event(body: &[u8]) -> Result<Event, String> {
             mm: d.u64()?,
             vma: d.u64()?,
             site: d.u64()?,
-            changes: d.strs()?,
+            changes: d.names(SNAP_CHANGES)?,
             flags_before: d.u64()?,
             flags_after: d.u64()?,
             facts: Facts(d.u32()?),
@@ -294,6 +294,13 @@ impl Enc<'_> {
         }
         self.u16(end as u16);
         self.0.extend_from_slice(&s.as_bytes()[..end]);
+    }
+    /// A name set as its list of names (the format's own, kept from when it was strings).
+    fn names(&mut self, v: &NameSet) {
+        self.u16(v.len() as u16);
+        for n in v.iter() {
+            self.str(n);
+        }
     }
     fn strs(&mut self, v: &[String]) {
         let n = v.len().min(usize::from(u16::MAX));
@@ -366,6 +373,14 @@ impl<'a> Dec<'a> {
         let s = self.str_ref()?;
         Comm::new(s).ok_or_else(|| format!("a comm of {} bytes (a task's comm is at most 47)", s.len()))
     }
+    fn names(&mut self, table: crate::nameset::Table) -> Result<NameSet, String> {
+        let mut bits = 0;
+        for _ in 0..self.u16()? {
+            let n = self.str_ref()?;
+            bits |= NameSet::from_names([n], table)?.bits();
+        }
+        Ok(NameSet::from_bits(bits, table))
+    }
     fn strs(&mut self) -> Result<Vec<String>, String> {
         (0..self.u16()?).map(|_| self.str()).collect()
     }
@@ -391,14 +406,14 @@ mod tests {
             What::PageWalk { mm, vma, walk_lock: Some(WalkLock::PgwalkWrlockVerify), site: site::WALK_PAGE_VMA, facts: Facts(fact::MMAP_KNOWN) },
             What::PageWalk { mm, vma, walk_lock: None, site: site::WALK_PAGE_RANGE, facts: Facts(0) },
             What::PageWalkVma { mm, vma, walk_lock: Some(WalkLock::PgwalkVmaRdlockVerify), facts: Facts(fact::VMA_KNOWN | fact::VMA_READ_LOCKED | fact::TRYLOCK) },
-            What::VmaPrepare { mm, vma, unlocked: vec!["adj_next".into(), "remove".into()], first_unlocked: vma + 0x100, facts: Facts(fact::MM_SEQ_ODD) },
+            What::VmaPrepare { mm, vma, unlocked: NameSet::from_names(["adj_next", "remove"], PREPARE_ROLES).unwrap(), first_unlocked: vma + 0x100, facts: Facts(fact::MM_SEQ_ODD) },
             What::VmaNew { mm, vma, site: site::VMA_LINK, facts: Facts(fact::VMA_SEQ_UNSET) },
-            What::VmaSnapshot { mm, vma, vm_start: 0x7f00_0000_0000, changes: vec!["vm_flags".into()], flags_changed: 0x100, facts: Facts(fact::MM_SEQCOUNT) },
+            What::VmaSnapshot { mm, vma, vm_start: 0x7f00_0000_0000, changes: NameSet::from_names(["vm_flags"], SNAP_CHANGES).unwrap(), flags_changed: 0x100, facts: Facts(fact::MM_SEQCOUNT) },
             What::VmaModified {
                 mm,
                 vma,
                 site: site::MPROTECT_FIXUP,
-                changes: vec![],
+                changes: NameSet::empty(SNAP_CHANGES),
                 flags_before: 0x73,
                 flags_after: 0x2073,
                 facts: Facts(fact::MMAP_WRITER_IS_CURRENT),
