@@ -79,7 +79,7 @@ impl Facts {
 
 impl Serialize for Facts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.names().serialize(s)
+        s.collect_seq(FACT_NAMES.iter().filter(|(b, _)| self.has(*b)).map(|(_, n)| *n))
     }
 }
 
@@ -432,8 +432,31 @@ fn is_zero(n: &u32) -> bool {
 pub mod hex {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
+    /// Written from a buffer on the stack: a trace line has several pointers, and a String
+    /// each was most of the allocations of writing one.
     pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:#x}"))
+        let mut buf = [0u8; 18];
+        s.serialize_str(format(*v, &mut buf))
+    }
+
+    /// `v` as `0x` and lowercase hex digits, without leading zeros (as `{:#x}`).
+    pub fn format(v: u64, buf: &mut [u8; 18]) -> &str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut i = buf.len();
+        let mut n = v;
+        loop {
+            i -= 1;
+            buf[i] = DIGITS[(n & 0xf) as usize];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        i -= 2;
+        buf[i] = b'0';
+        buf[i + 1] = b'x';
+        // SAFETY: only ASCII was written to buf[i..].
+        unsafe { std::str::from_utf8_unchecked(&buf[i..]) }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -647,6 +670,14 @@ pub fn kind_name(k: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_pointers_are_written_as_format_writes_them() {
+        for v in [0u64, 1, 0xf, 0x10, 0xffff_8880_0123_4000, u64::MAX] {
+            let mut buf = [0; 18];
+            assert_eq!(hex::format(v, &mut buf), format!("{v:#x}"));
+        }
+    }
 
     fn raw(kind: u16, flags: u16) -> RawEvent {
         let mut comm = [0u8; 16];

@@ -1,8 +1,8 @@
 //! Issue 8: no allocation per event in userspace. A task's steady round of events (an mmap_lock
 //! write hold with a VMA write lock, a vma_prepare, a vm_flags change and an i_mmap_rwsem
 //! inside it: an mprotect's events in a `--all-events` run) is decoded from the ring's
-//! bytes and applied to the model over and over; once the model has seen the round, the
-//! per-event path must not touch the allocator. A counting allocator (this test binary's own)
+//! bytes, applied to the model and written to a trace of each format (`record`) over and over;
+//! once the model has seen the round, the per-event path must not touch the allocator. A counting allocator (this test binary's own)
 //! counts on the test's thread only.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracer_common::{RawEvent, fact, flag, kind, lock_class, site, snap};
 use vmalock::event::Event;
 use vmalock::model::Model;
+use vmalock::trace::{Header, TraceFormat, TraceWriter};
 
 struct Counting;
 
@@ -84,6 +85,8 @@ fn decoding_and_modelling_a_steady_round_of_events_allocates_nothing() {
     let mut out = Vec::with_capacity(16);
     let mut ts = 1_000u64;
     let round = round();
+    let mut jsonl = TraceWriter::with_format(std::io::sink(), &Header::default(), TraceFormat::Jsonl).unwrap();
+    let mut binary = TraceWriter::with_format(std::io::sink(), &Header::default(), TraceFormat::Binary).unwrap();
     let mut run = |model: &mut Model, out: &mut Vec<_>, n: usize| {
         for _ in 0..n {
             for &(k, flags, vma, args, facts) in &round {
@@ -98,6 +101,8 @@ fn decoding_and_modelling_a_steady_round_of_events_allocates_nothing() {
                 let ev = Event::decode(bytes(&raw)).expect("decodes");
                 model.apply(&ev, out);
                 out.clear();
+                jsonl.event(&ev).unwrap();
+                binary.event(&ev).unwrap();
             }
         }
     };
