@@ -387,7 +387,7 @@ impl<'a> Dec<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tracer_common::{fact, site};
     use crate::trace::{Footer, Header, TraceErrorKind, TraceFormat, TraceReader, TraceWriter};

@@ -11,7 +11,7 @@ use crate::event::Event;
 pub struct TraceWriter<W: Write> {
     out: BufWriter<W>,
     format: TraceFormat,
-    /// A binary record's body, reused from record to record.
+    /// A binary record's body, or a JSON line's kind-specific part, reused from record to record.
     body: Vec<u8>,
     events: u64,
 }
@@ -41,7 +41,7 @@ impl<W: Write> TraceWriter<W> {
 
     pub fn event(&mut self, ev: &Event) -> io::Result<()> {
         match self.format {
-            TraceFormat::Jsonl => self.line(&LineRef::Event(ev))?,
+            TraceFormat::Jsonl => self.event_line(ev)?,
             TraceFormat::Binary => {
                 self.body.clear();
                 binary::encode_event(ev, &mut self.body);
@@ -76,6 +76,37 @@ impl<W: Write> TraceWriter<W> {
         self.out.into_inner().map_err(io::IntoInnerError::into_error)
     }
 
+    /// The bytes serde writes for `LineRef::Event(ev)` (`event_lines_are_what_serde_writes`):
+    /// the common fields by hand, then `What` by serde on its own, whose object's fields
+    /// continue the line's (serde writes the flattened enum the same way). Through serde's
+    /// flatten path the whole line cost the daemon a third more CPU per event under `record`.
+    fn event_line(&mut self, ev: &Event) -> io::Result<()> {
+        let o = &mut self.out;
+        write!(o, "{{\"type\":\"event\",\"ts_ns\":{},\"cpu\":{},\"tid\":{},\"tgid\":{},\"comm\":", ev.ts_ns, ev.cpu, ev.tid, ev.tgid)?;
+        serde_json::to_writer(&mut *o, ev.comm.as_str())?;
+        if ev.task_new {
+            o.write_all(b",\"task_new\":true")?;
+        }
+        if ev.ts_coarse {
+            o.write_all(b",\"ts_coarse\":true")?;
+        }
+        if ev.lost_before != 0 {
+            write!(o, ",\"lost_before\":{}", ev.lost_before)?;
+        }
+        if ev.loss_epoch != 0 {
+            write!(o, ",\"loss_epoch\":{}", ev.loss_epoch)?;
+        }
+        if let Some(id) = ev.stack {
+            write!(o, ",\"stack\":{id}")?;
+        }
+        self.body.clear();
+        serde_json::to_writer(&mut self.body, &ev.what)?;
+        // `{"kind":…}`: its opening brace becomes our comma, its closing brace ends the line.
+        o.write_all(b",")?;
+        o.write_all(self.body.get(1..).unwrap_or_default())?;
+        o.write_all(b"\n")
+    }
+
     fn line(&mut self, line: &LineRef<'_>) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, line)?;
         self.out.write_all(b"\n")
@@ -91,4 +122,26 @@ impl<W: Write> TraceWriter<W> {
 
 fn len32(n: usize) -> io::Result<u32> {
     u32::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("a trace record of {n} bytes is too long")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_what_serde_writes() {
+        let events = crate::trace::binary::tests::every_kind();
+        let mut odd = events[0].clone();
+        odd.comm = "a\"b\\c\u{1}".into();
+        odd.lost_before = 7;
+        odd.loss_epoch = 9;
+        odd.stack = Some(0);
+        for ev in events.iter().chain([&odd]) {
+            let mut w = TraceWriter { out: BufWriter::new(Vec::new()), format: TraceFormat::Jsonl, body: Vec::new(), events: 0 };
+            w.event(ev).unwrap();
+            let fast = String::from_utf8(w.out.into_inner().unwrap()).unwrap();
+            let serde = serde_json::to_string(&LineRef::Event(ev)).unwrap() + "\n";
+            assert_eq!(fast, serde);
+        }
+    }
 }
