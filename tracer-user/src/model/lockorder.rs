@@ -53,10 +53,9 @@ use super::verdict::{TaskRef, Verdict};
 use crate::event::{Event, LockClass, What};
 
 /// lockdep's MAX_LOCKDEP_SUBCLASSES: deeper same-class nesting shares the last subclass.
+const MAX_SUBCLASS: u8 = 7;
 /// How many emptied held-lock stacks are kept for reuse.
 const SPARE_STACKS: usize = 256;
-
-const MAX_SUBCLASS: u8 = 7;
 /// Locks one task can hold at once (lockdep's MAX_LOCK_DEPTH); deeper acquisitions are not
 /// tracked (counted in `LockOrder::too_deep`).
 const MAX_HELD: usize = 48;
