@@ -21,7 +21,7 @@ use core::cmp::max;
 
 use tracer_common::{counter, flag};
 
-use crate::emit::count;
+use crate::{emit::count, task::TASK_SLOTS};
 
 /// What the task has pending and how deep userspace thinks it is in mmap_locks.
 #[derive(Clone, Copy)]
@@ -54,18 +54,15 @@ pub struct Slot {
 
 const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, tid: 0, write_mm: 0, known_mm: 0, last_ts: 0 };
 
-const SLOTS: u32 = 32768;
-
-/// The slot of task `tid` is `tid % SLOTS`, tagged with the tid, and freed at the task's exit.
+/// The slot of task `tid` is `tid % TASK_SLOTS`, tagged with the tid, and freed at the task's exit.
 /// An array, not a hash map: every mmap_lock acquire and release looks it up, and the verifier
 /// inlines an array lookup to an address computation where a hash lookup hashes and walks a
 /// bucket (host mmap loop, bpf_stats: the acquire program went from 153 to 100 ns per run, the
 /// release from 127 to 87). A slot is never taken from another task: dropping its kept
 /// acquire would make its release look unmatched. A task whose slot is taken folds nothing
-/// (every event is sent), as when the hash map was full. With the default pid_max (32768
-/// below 32 CPUs) no two live tasks share a slot.
+/// (every event is sent), as when the hash map was full.
 #[map]
-static FOLD: Array<Slot> = Array::with_max_entries(SLOTS, 0);
+static FOLD: Array<Slot> = Array::with_max_entries(TASK_SLOTS, 0);
 
 #[inline(always)]
 fn tid() -> u32 {
@@ -124,7 +121,7 @@ pub struct SlotRef(*mut Slot);
 /// on every hit); created when `create` (a successful acquire) and missing.
 #[inline(always)]
 pub fn slot(tid: u32, create: bool) -> Option<SlotRef> {
-    let p = FOLD.get_ptr_mut(tid % SLOTS)?;
+    let p = FOLD.get_ptr_mut(tid % TASK_SLOTS)?;
     // SAFETY: a valid map value; only its own task writes it (and takes it when it is free).
     unsafe {
         if (*p).tid == tid && tid != 0 {
@@ -247,7 +244,7 @@ impl SlotRef {
 #[inline(always)]
 pub fn forget() {
     let t = tid();
-    if let Some(p) = FOLD.get_ptr_mut(t % SLOTS) {
+    if let Some(p) = FOLD.get_ptr_mut(t % TASK_SLOTS) {
         // SAFETY: a valid map value, freed only by the task it is tagged with.
         unsafe {
             if (*p).tid == t {

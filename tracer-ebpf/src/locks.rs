@@ -14,6 +14,7 @@ use aya_ebpf::{
 use tracer_common::{fact, flag, kind, layout, lock_class};
 
 use crate::{
+    task::TASK_SLOTS,
     emit::{Body, emit_body, stack_id, traced},
     kernel::{layout, read},
     vma::{Args, trusted_vma_read},
@@ -69,8 +70,6 @@ pub struct Held {
     tid: u32,
     n: u32,
 }
-
-const TASK_SLOTS: u32 = 32768;
 
 #[map]
 static TASK_HELD: Array<Held> = Array::with_max_entries(TASK_SLOTS, 0);

@@ -17,6 +17,7 @@ use aya_log_ebpf::debug;
 use tracer_common::{counter, fact, kind, layout, prepare_role, site};
 
 use crate::{
+    task::TASK_SLOTS,
     emit::{Body, count, emit_body, keep_legal, stack_id, traced, witness_stack_id},
     kernel::{layout, mmap_facts, read, vma_facts, vma_mm, vma_readers},
     locks::{LearnKey, learn, learn_from, learn_key, on_trylock_entry},
@@ -49,7 +50,6 @@ fn hold_epoch() -> u32 {
     crate::emit::CONFIG.get(0).map_or(0, |c| c.hold_epoch)
 }
 
-const TASK_SLOTS: u32 = 32768;
 const VMA_SLOT_BITS: u32 = 14;
 
 /// The per-VMA read lock each task holds, in slot `tid % TASK_SLOTS`, tagged with the tid:
