@@ -174,17 +174,20 @@ where
     ebpf.program_mut(name).ok_or(ProgramError::NotLoaded)?.try_into()
 }
 
+// A program whose attach fails is unloaded again: only attached programs stay loaded, so
+// `Tracer::missed` (one syscall per loaded program at every drain) reads no program that cannot
+// run. Kprobe programs load on kernels without kprobes and only their attach fails.
 fn attach_trampoline(ebpf: &mut Ebpf, h: &FnHook, btf: &Btf) -> Result<(), ProgramError> {
     match h.at {
         At::Entry => {
             let p: &mut FEntry = program(ebpf, h.trampoline)?;
             p.load(h.func, btf)?;
-            p.attach().map(drop)
+            p.attach().map(drop).inspect_err(|_| drop(p.unload()))
         }
         At::Exit => {
             let p: &mut FExit = program(ebpf, h.trampoline)?;
             p.load(h.func, btf)?;
-            p.attach().map(drop)
+            p.attach().map(drop).inspect_err(|_| drop(p.unload()))
         }
     }
 }
@@ -192,7 +195,7 @@ fn attach_trampoline(ebpf: &mut Ebpf, h: &FnHook, btf: &Btf) -> Result<(), Progr
 fn attach_probe(ebpf: &mut Ebpf, h: &FnHook, name: &str) -> Result<(), ProgramError> {
     let p: &mut KProbe = program(ebpf, name)?;
     p.load()?;
-    p.attach(h.func, 0).map(drop)
+    p.attach(h.func, 0).map(drop).inspect_err(|_| drop(p.unload()))
 }
 
 /// Attaches every function hook it can; returns func → state. `wanted` filters by function name.

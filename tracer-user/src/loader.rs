@@ -435,7 +435,8 @@ impl Tracer {
         };
         let prog: &mut BtfTracePoint = self.program(name)?;
         prog.load(hook.name, btf)?;
-        prog.attach()?;
+        // Unloaded again when refused, as the function hooks are (see hooks.rs).
+        prog.attach().inspect_err(|_| drop(prog.unload()))?;
         Ok(())
     }
 
@@ -576,6 +577,10 @@ impl Tracer {
         use std::os::fd::AsFd as _;
         let mut total = 0;
         for (_, p) in self.ebpf.programs() {
+            // An iterator runs only when read, with no recursion check to skip it.
+            if matches!(p, aya::programs::Program::Iter(_)) {
+                continue;
+            }
             if let Ok(fd) = p.fd() {
                 total += recursion_misses(fd.as_fd())?;
             }

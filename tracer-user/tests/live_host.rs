@@ -595,6 +595,52 @@ fn sigkill_loses_at_most_the_last_line_and_leaves_nothing_loaded() {
     assert_none_of_ours_loaded();
 }
 
+#[test]
+fn only_attached_programs_stay_loaded() {
+    if !can_trace("only_attached_programs_stay_loaded") {
+        return;
+    }
+    let _g = serial();
+    // The daemon reads every loaded program's skipped-hit count at each drain: a program whose
+    // attach was refused (a kprobe where kprobes are not built in) must not stay loaded.
+    let (_d, trace) = tmp("held.jsonl");
+    let (child, stderr) = spawn_tracing(&["record", "-d", "300", "-o", trace.to_str().unwrap()]);
+    let held = prog_ids_held_by(child.id());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let header = lines(&trace).into_iter().next().expect("a header line");
+    let caps = &header["capabilities"];
+    let hooks = caps["hooks"].as_object().expect("hooks in the header").len();
+    // A function hook is one program of its own unless it is seen through another hook's
+    // ("inline on this kernel: ... via the down_write hook").
+    let functions = caps["functions"]
+        .as_object()
+        .expect("functions in the header")
+        .values()
+        .filter(|s| s["Attached"].as_str().is_some_and(|f| ["fentry", "fexit", "kprobe", "kretprobe"].contains(&f)))
+        .count();
+    let iter = usize::from(caps["snapshot"].as_str().is_some_and(|s| s.starts_with("iter/")));
+    assert_eq!(
+        held.len(),
+        hooks + functions + iter,
+        "programs held by the daemon {held:?}: {hooks} hooks, {functions} function hooks, {iter} iterator attached ({})",
+        caps
+    );
+}
+
+/// Ids of the BPF programs process `pid` holds through a program or link fd.
+fn prog_ids_held_by(pid: u32) -> std::collections::BTreeSet<u32> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()))
+        .collect()
+}
+
 /// The event count `vmalock check` printed ("checked N events from ...").
 /// The number ending the summary line that contains `marker` ("...: N").
 fn summary_count(stderr: &str, marker: &str) -> u64 {
