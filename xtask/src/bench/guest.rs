@@ -29,7 +29,7 @@ fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, 
     s.push_str(
         "cd /tmp\n\
          run() {\n  b=$1; c=$2; r=$3; shift 3\n  \"$@\" > /tmp/o 2> /tmp/e\n  st=$?\n  echo \"VMALOCK-BENCH-RUN $b $c $r status=$st\"\n  \
-         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:|Lost [0-9]+ events|BPF run time|tracer CPU while tracing' /tmp/o /tmp/e\n  \
+         grep -h -E 'vmalock-bench-load:|vmalock: stopped:|events received:|lost events:|Lost [0-9]+ events|BPF run time|tracer CPU while tracing|function hooks:' /tmp/o /tmp/e\n  \
          [ $st = 0 ] || tail -n 8 /tmp/e\n}\n",
     );
     for b in benches {
@@ -88,8 +88,9 @@ fn parse_profile(bench: &str, out: &str) -> Option<Profile> {
     })
 }
 
-/// Boots `kernel`, runs the script, and reads the runs back from the serial log.
-pub fn run(kernel: &str, benches: &[String], configs: &[Config], repeats: usize, seconds: f64, profile: bool) -> Result<(Vec<Run>, Vec<Profile>)> {
+/// Boots `kernel`, runs the script, and reads the runs back from the serial log, with the
+/// first vmalock summary's "function hooks:" line (what the peer is checked against).
+pub fn run(kernel: &str, benches: &[String], configs: &[Config], repeats: usize, seconds: f64, profile: bool) -> Result<(Vec<Run>, Vec<Profile>, Option<String>)> {
     let script = script(benches, configs, repeats, seconds, profile);
     let dynamic: Vec<std::path::PathBuf> = if configs.iter().any(|c| c.is_bpftrace()) {
         super::peer::ensure_packages(&[("bpftrace", "bpftrace")])?;
@@ -100,7 +101,13 @@ pub fn run(kernel: &str, benches: &[String], configs: &[Config], repeats: usize,
     crate::vm::run_command(kernel, &script, std::time::Duration::from_secs(3000), &dynamic)?;
     let log = crate::vm::report_dir().join(format!("{kernel}.run.log"));
     let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
-    Ok(parse_log(&text))
+    let (runs, profiles) = parse_log(&text);
+    Ok((runs, profiles, function_hooks_line(&text)))
+}
+
+/// The first "function hooks:" line of a vmalock summary in the serial log.
+fn function_hooks_line(text: &str) -> Option<String> {
+    text.lines().find(|l| l.trim_start().starts_with("function hooks: ")).map(|l| l.trim().to_string())
 }
 
 /// What the serial log says: the ratio runs, and the profile runs.
@@ -181,6 +188,15 @@ mod tests {
         assert_eq!(floor.matches("{ @n = count(); }").count(), 3, "tracepoints, kfunc and kretfunc blocks");
         let s = script(&["fork".into()], &[Config::Default], 1, 1.0, false);
         assert!(!s.contains("bpftrace"));
+    }
+
+    #[test]
+    fn finds_the_function_hooks_vmalock_attached() {
+        let log = "VMALOCK-BENCH-RUN mmap default 0 status=0\n  hooks: mmap_lock_released (tp_btf)\n  function hooks: down_read (fentry), up_read (fentry) (6 unavailable: see `vmalock probe`)\n";
+        assert_eq!(function_hooks_line(log).as_deref(), Some("function hooks: down_read (fentry), up_read (fentry) (6 unavailable: see `vmalock probe`)"));
+        assert_eq!(function_hooks_line("VMALOCK-BENCH-RUN mmap bpftrace 0 status=0\n"), None);
+        // Every vmalock run's summary line reaches the log.
+        assert!(script(&["fork".into()], &[Config::Default], 1, 1.0, false).contains("|function hooks:'"));
     }
 
     #[test]

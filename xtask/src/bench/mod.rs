@@ -133,10 +133,20 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
     std::fs::create_dir_all(out_dir())?;
     let load_before = report::uptime();
     let started = report::now_utc();
-    let (runs, profiles) = guest::run(kernel, &o.benches, &configs, o.repeats, o.seconds, !o.no_profile)?;
+    let (runs, profiles, functions) = guest::run(kernel, &o.benches, &configs, o.repeats, o.seconds, !o.no_profile)?;
+    // The peer's probes are written out in xtask; say whether they were what vmalock hooked.
+    let peer_note = if configs.iter().any(|c| c.is_bpftrace()) {
+        let note = peer::guest_functions_note(functions.as_deref());
+        if !note.starts_with("The peer's") {
+            println!("bench: {note}");
+        }
+        format!(" {note}")
+    } else {
+        String::new()
+    };
     let r = report::Report {
         hooks: format!(
-            "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. bpftrace (the host's, copied in with its libraries) counts the same tracepoints and function hooks per task in maps; hooks-only is bpftrace on the same hooks with programs that only bump one per-CPU count: the floor of attaching there (a trampoline per function hook), below which no tracer on those hooks can go."
+            "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. bpftrace (the host's, copied in with its libraries) counts the same tracepoints and function hooks per task in maps; hooks-only is bpftrace on the same hooks with programs that only bump one per-CPU count: the floor of attaching there (a trampoline per function hook), below which no tracer on those hooks can go.{peer_note}"
         ),
         started,
         machine: format!("{} (host); guest {kernel} under QEMU/TCG", report::machine()),
