@@ -130,6 +130,16 @@ pub struct LearnKey {
     anon: u64,
 }
 
+impl LearnKey {
+    /// Learning from `other` would remember nothing learning from `self` did not: the same
+    /// vm_lock, file and anon_vma. The VMA itself only matters through its vm_lock's pairing
+    /// (VM_LOCK_VMA), so VMAs of one mapping (split, merged, neighbours) share what they teach.
+    #[inline(always)]
+    pub fn same_classes(&self, other: &LearnKey) -> bool {
+        self.vm_lock == other.vm_lock && self.file == other.file && self.anon == other.anon && (self.vm_lock == 0 || self.vma == other.vma)
+    }
+}
+
 #[inline(always)]
 pub fn learn_key(vma: u64) -> LearnKey {
     let l = layout();

@@ -37,11 +37,45 @@ pub struct Hold {
     generation: u64,
     /// The entry into the kernel it was taken in.
     entry: EntryId,
-    /// What the task's last lock_vma_under_rcu learned lock classes from (kept after the
-    /// release): the next fault on the same VMA, unchanged, skips learning them again. An
-    /// address aged out of LOCK_CLASS meanwhile is learned again at the next vma_start_write,
-    /// VMA change or fault on another VMA.
+    /// What lock classes were last learned from through this slot (kept after the release), and
+    /// how many times since that was found unchanged and not learned again: see [`learn_in`].
     learned: LearnKey,
+    learned_reused: u32,
+    _pad: u32,
+}
+
+/// How many times in a row a slot's unchanged [`Hold::learned`] stands in for learning again.
+/// LOCK_CLASS is an LRU: an address aged out of it is learned back within this many hooks.
+const LEARN_REUSE: u32 = 64;
+
+/// Learns the lock classes reachable from `vma` (locks::learn_from) unless the last learning
+/// through `slot` was from the same ones. vma_start_write, vma_prepare, the modifiers and the
+/// fault path see one mapping's file and anon_vma over and over, and each learning costs reads
+/// and LRU lookups. Whose slot it is does not matter: LOCK_CLASS is shared, and `learned` is
+/// not part of a hold.
+#[inline(always)]
+fn learn_in(slot: *mut Hold, vma: u64) {
+    let key = learn_key(vma);
+    // SAFETY: a valid map value. Two tasks sharing the slot can tear `learned`: a learning
+    // skipped once (an edge not seen), never a false one.
+    unsafe {
+        if (*slot).learned_reused < LEARN_REUSE && (*slot).learned.same_classes(&key) {
+            (*slot).learned_reused += 1;
+            return;
+        }
+        learn_from(&key);
+        (*slot).learned = key;
+        (*slot).learned_reused = 0;
+    }
+}
+
+/// [`learn_in`] the current task's slot.
+#[inline(always)]
+fn learn_for_task(vma: u64) {
+    match task_slot(tid()) {
+        Some(slot) => learn_in(slot, vma),
+        None => learn(vma),
+    }
 }
 
 /// The daemon's current hold epoch (see `Config::hold_epoch`).
@@ -258,7 +292,7 @@ fn on_vma_start_write<C: Args>(ctx: &C) {
 #[inline(always)]
 pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64) {
     let l = layout();
-    learn(vma);
+    learn_for_task(vma);
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     // Legal: this task holds the mmap_lock for write (vma-write-needs-mmap-write). It is still
@@ -384,7 +418,7 @@ fn on_vma_prepare<C: Args>(ctx: &C) {
     let vp = ctx.arg_u64(0);
     let vma = read::<u64>(vp, l.vp_vma).unwrap_or(0);
     // vma_prepare takes this VMA's i_mmap_rwsem and anon_vma lock next.
-    learn(vma);
+    learn_for_task(vma);
     let mm = vma_mm(&l, vma);
     let mut unlocked = 0u64;
     let mut first = 0u64;
@@ -435,7 +469,7 @@ fn on_new_vma<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, site: u64) {
     if !traced() || !valid_ptr(vma) {
         return;
     }
-    learn(vma);
+    learn_for_task(vma);
     let l = layout();
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
@@ -494,14 +528,9 @@ fn on_vma_read_locked(vma: u64) {
         return;
     }
     count(counter::VMA_READ_TAKEN);
-    let key = learn_key(vma);
     let t = tid();
     let Some(slot) = task_slot(t) else { return };
-    // SAFETY: a valid map value; the slot's task writes it, or one sharing its slot.
-    let mine = unsafe { (*slot).tid } == t;
-    if !(mine && unsafe { (*slot).learned } == key) {
-        learn_from(&key);
-    }
+    learn_in(slot, vma);
     // A hold this task still had was released unseen: it cannot hold two at once here. A
     // hold of another task in the slot is dropped from the count before it is replaced.
     release(slot);
@@ -521,8 +550,15 @@ fn on_vma_read_locked(vma: u64) {
             generation = (*v).generation;
         }
     }
-    // SAFETY: as above.
-    unsafe { *slot = Hold { tid: t, epoch: hold_epoch(), vma, generation, entry: entry_id(), learned: key } };
+    // SAFETY: a valid map value; the slot's task writes it, or one sharing its slot. What was
+    // learned through the slot stays.
+    unsafe {
+        (*slot).tid = t;
+        (*slot).epoch = hold_epoch();
+        (*slot).vma = vma;
+        (*slot).generation = generation;
+        (*slot).entry = entry_id();
+    }
 }
 
 /// The current task's hold, if it has one.
@@ -593,22 +629,41 @@ pub fn handle_mm_fault_kretprobe(_ctx: RetProbeContext) -> u32 {
 
 /// Tasks inside a function that may end the per-VMA read lock it just took with an inline
 /// vma_end_read() and take mmap_lock for read next (mm/madvise.c madvise_lock via
-/// try_vma_read_lock, mm/userfaultfd.c uffd_lock_vma): tid → 1. A hold seen there at an
-/// mmap_lock attempt was released unseen; counting readers cannot tell, since another
-/// reader (a sibling's fault, a /proc/PID/maps reader's lock_next_vma) may sit on the VMA.
+/// try_vma_read_lock, mm/userfaultfd.c uffd_lock_vma): how many tasks of slot
+/// `tid % TASK_SLOTS` are inside one now (an array: an LRU insert and delete per madvise cost
+/// tens of µs under TCG). A hold seen there at an mmap_lock attempt was released unseen;
+/// counting readers cannot tell, since another reader (a sibling's fault, a /proc/PID/maps
+/// reader's lock_next_vma) may sit on the VMA. A count, not a tid: a task sharing the slot
+/// makes a hold of the other one not believed meanwhile (a verdict missed, never a false one).
 #[map]
-static IN_DROP_THEN_LOCK: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+static IN_DROP_THEN_LOCK: Array<u32> = Array::with_max_entries(TASK_SLOTS, 0);
 
 #[inline(always)]
 fn drop_then_lock_enter() {
     if traced() {
-        let _ = IN_DROP_THEN_LOCK.insert(&tid(), &1, 0);
+        if let Some(n) = IN_DROP_THEN_LOCK.get_ptr_mut(tid() % TASK_SLOTS) {
+            // SAFETY: a valid map value; only tasks sharing the slot write it.
+            unsafe { *n = (*n).saturating_add(1) };
+        }
     }
 }
 
 #[inline(always)]
 fn drop_then_lock_leave() {
-    let _ = IN_DROP_THEN_LOCK.remove(&tid());
+    // Filtered as the enter is, so an untraced task sharing the slot cannot take a count away.
+    if !traced() {
+        return;
+    }
+    if let Some(n) = IN_DROP_THEN_LOCK.get_ptr_mut(tid() % TASK_SLOTS) {
+        // SAFETY: as above. A leave whose enter the kernel skipped finds 0.
+        unsafe { *n = (*n).saturating_sub(1) };
+    }
+}
+
+/// A task of the current task's slot (almost always the task itself) is inside one of those.
+#[inline(always)]
+fn in_drop_then_lock(t: u32) -> bool {
+    IN_DROP_THEN_LOCK.get(t % TASK_SLOTS).is_some_and(|n| *n > 0)
 }
 
 macro_rules! drop_then_lock_programs {
@@ -707,7 +762,7 @@ pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
     let vma = h.vma;
     // The kernel skipped hook hits since it was taken (the daemon bumped the epoch): its end
     // may be one of them, and faults at the same instruction and stack share an entry id.
-    if h.epoch != hold_epoch() || h.entry != entry_id() || unsafe { IN_DROP_THEN_LOCK.get(&t) }.is_some() {
+    if h.epoch != hold_epoch() || h.entry != entry_id() || in_drop_then_lock(t) {
         forget_vma_hold();
         return None;
     }
@@ -787,14 +842,47 @@ fn behavior_vma(behavior: u64) -> u64 {
     read::<u64>(behavior, l.madv_vma).unwrap_or(0)
 }
 
-/// (tid, site) → the VMA's fields at the modifier's entry. Keyed by site as well, because one
-/// modifier can call into another.
+/// A modifier's stash: the VMA's fields at its entry, for the task and site it was taken at.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Modifying {
+    /// The task in the modifier (0: none).
+    tid: u32,
+    site: u32,
+    before: Protected,
+}
+
+/// The stash of the modifier each task is in, in slot `tid % TASK_SLOTS` (an array for the
+/// same reason as TASK_VMA_READ: under TCG an LRU insert and delete per call cost more than
+/// the rest of the program). The return half uses it only if it names the same task and site:
+/// a modifier called inside another (none of the hooked ones is now) or a task sharing the slot
+/// overwrites the stash, and the outer return then sends nothing (a verdict missed, never a
+/// false one).
 #[map]
-pub static MODIFYING: LruHashMap<u64, Protected> = LruHashMap::with_max_entries(16384, 0);
+static MODIFYING: Array<Modifying> = Array::with_max_entries(TASK_SLOTS, 0);
 
 #[inline(always)]
-fn modify_key(site: u64) -> u64 {
-    (u64::from(tid()) << 8) | (site & 0xff)
+fn stash(site: u64, before: Protected) {
+    let t = tid();
+    if let Some(slot) = MODIFYING.get_ptr_mut(t % TASK_SLOTS) {
+        // SAFETY: a valid map value.
+        unsafe { *slot = Modifying { tid: t, site: site as u32, before } };
+    }
+}
+
+/// The current task's stash from `site`'s entry, emptied.
+#[inline(always)]
+fn unstash(site: u64) -> Option<Protected> {
+    let t = tid();
+    let slot = MODIFYING.get_ptr_mut(t % TASK_SLOTS)?;
+    // SAFETY: a valid map value.
+    unsafe {
+        if (*slot).tid != t || (*slot).site != site as u32 {
+            return None;
+        }
+        (*slot).tid = 0;
+        Some((*slot).before)
+    }
 }
 
 #[inline(always)]
@@ -803,8 +891,8 @@ fn on_modify_entry<C: Args, const VMA: usize, const SITE: u64>(ctx: &C) {
         return;
     }
     let vma = ctx.arg_u64(VMA);
-    learn(vma);
-    let _ = MODIFYING.insert(&modify_key(SITE), &protected(vma), 0);
+    learn_for_task(vma);
+    stash(SITE, protected(vma));
 }
 
 /// [`on_modify_entry`] for a modifier that takes the VMA inside a `struct madvise_behavior *`
@@ -819,8 +907,8 @@ fn on_modify_entry_behavior<C: Args, const ARG: usize, const SITE: u64>(ctx: &C)
     if vma == 0 {
         return;
     }
-    learn(vma);
-    let _ = MODIFYING.insert(&modify_key(SITE), &Protected { behavior, ..protected(vma) }, 0);
+    learn_for_task(vma);
+    stash(SITE, Protected { behavior, ..protected(vma) });
 }
 
 /// At the return: reads the same VMA again (kretprobes have no arguments, so the pointer comes
@@ -828,9 +916,7 @@ fn on_modify_entry_behavior<C: Args, const ARG: usize, const SITE: u64>(ctx: &C)
 /// mmap_write_unlock, which comes after the modifier returns.
 #[inline(always)]
 fn on_modify_exit<C: EbpfContext + StackIdContext, const SITE: u64>(ctx: &C) {
-    let key = modify_key(SITE);
-    let Some(before) = (unsafe { MODIFYING.get(&key) }).copied() else { return };
-    let _ = MODIFYING.remove(&key);
+    let Some(before) = unstash(SITE) else { return };
     // madvise_update_vma leaves in madv_behavior->vma the VMA vma_modify returned (a split part
     // or the merged VMA): that one carries the new flags, and must be write-locked.
     let vma = match behavior_vma(before.behavior) {
