@@ -183,6 +183,11 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
         families.into_iter().collect::<Vec<_>>().join("+"),
         tracer.attached.snapshot
     );
+    // Caught from before the line that says tracing has begun: a SIGINT or SIGTERM right after
+    // it (a script that starts vmalock, waits for the line, and stops it) is a clean stop with a
+    // summary and a whole trace, never the default action's kill.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut observer = opts.observer.take().unwrap_or_else(|| Box::new(PrintVerdicts));
     let avail = tracer.attached.availability();
     observer.started(&Started {
@@ -220,8 +225,6 @@ pub async fn run(mut opts: RunOptions) -> Result<Summary> {
     } else {
         drop(child_tx);
     }
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let sleep = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(sleep);
     let mut pid_poll = tokio::time::interval(Duration::from_millis(200));

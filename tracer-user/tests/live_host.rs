@@ -420,8 +420,9 @@ fn sigterm_and_sigint_detach_cleanly_with_exit_0() {
     }
     let _g = serial();
     for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        // At once, as a script would on seeing the "tracing" line: the handlers must be in
+        // place by then (they were not, and the signal's default action killed vmalock).
         let (child, stderr) = spawn_tracing(&["run", "-d", "300"]);
-        std::thread::sleep(std::time::Duration::from_millis(300));
         unsafe { libc::kill(child.id() as i32, sig) };
         let out = child.wait_with_output().unwrap();
         let stderr = stderr.join().unwrap();
