@@ -606,7 +606,7 @@ fn only_attached_programs_stay_loaded() {
     // attach was refused (a kprobe where kprobes are not built in) must not stay loaded.
     let (_d, trace) = tmp("held.jsonl");
     let (child, stderr) = spawn_tracing(&["record", "-d", "300", "-o", trace.to_str().unwrap()]);
-    let held = prog_ids_held_by(child.id());
+    let held = prog_ids_held_by(&child.id().to_string()).unwrap_or_else(|e| panic!("/proc/{}/fdinfo: {e}", child.id()));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     let stderr = stderr.join().unwrap();
@@ -629,17 +629,6 @@ fn only_attached_programs_stay_loaded() {
         "programs held by the daemon {held:?}: {hooks} hooks, {functions} function hooks, {iter} iterator attached ({})",
         caps
     );
-}
-
-/// Ids of the BPF programs process `pid` holds through a program or link fd.
-fn prog_ids_held_by(pid: u32) -> std::collections::BTreeSet<u32> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
-        .flatten()
-        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()))
-        .collect()
 }
 
 /// The event count `vmalock check` printed ("checked N events from ...").

@@ -175,8 +175,7 @@ fn ours_loaded() -> Vec<String> {
         .collect()
 }
 
-/// Ids of BPF programs that running `vmalock` processes hold through a program or link fd
-/// (`prog_id:` in /proc/PID/fdinfo).
+/// Ids of BPF programs that running `vmalock` processes hold.
 fn prog_ids_held_by_other_vmalocks() -> std::collections::HashSet<u32> {
     let me = std::process::id().to_string();
     let mut ids = std::collections::HashSet::new();
@@ -190,13 +189,19 @@ fn prog_ids_held_by_other_vmalocks() -> std::collections::HashSet<u32> {
         if std::fs::read_to_string(p.path().join("comm")).map_or(true, |c| c.trim() != "vmalock") {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else { continue };
-        for fd in fds.flatten() {
-            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
-            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
-                ids.insert(id);
-            }
+        if let Ok(held) = prog_ids_held_by(&name) {
+            ids.extend(held);
         }
     }
     ids
+}
+
+/// Ids of the BPF programs process `pid` holds through a program or link fd (`prog_id:` in
+/// /proc/PID/fdinfo).
+pub fn prog_ids_held_by(pid: &str) -> std::io::Result<std::collections::BTreeSet<u32>> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?
+        .flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()))
+        .collect())
 }

@@ -136,10 +136,10 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
     let (runs, profiles, functions) = guest::run(kernel, &o.benches, &configs, o.repeats, o.seconds, !o.no_profile)?;
     // The peer's probes are written out in xtask; say whether they were what vmalock hooked.
     let peer_note = if configs.iter().any(|c| c.is_bpftrace()) {
-        let note = peer::guest_functions_note(functions.as_deref());
-        if !note.starts_with("The peer's") {
-            println!("bench: {note}");
-        }
+        let note = peer::guest_functions_note(functions.as_deref()).unwrap_or_else(|warning| {
+            println!("bench: {warning}");
+            warning
+        });
         format!(" {note}")
     } else {
         String::new()

@@ -114,17 +114,18 @@ pub fn guest_functions_differ(summary_line: &str) -> Option<String> {
     ))
 }
 
-/// A sentence for the report on whether the peer hooked what vmalock hooked.
-pub fn guest_functions_note(summary_line: Option<&str>) -> String {
+/// A sentence for the report on whether the peer hooked what vmalock hooked: Ok when it did,
+/// Err (also worth printing) when it did not or could not be checked.
+pub fn guest_functions_note(summary_line: Option<&str>) -> Result<String, String> {
     match summary_line {
-        None => "No vmalock default run printed its function hooks, so the peer's probes were not checked against them.".into(),
+        None => Err("No vmalock default run printed its function hooks, so the peer's probes were not checked against them.".into()),
         Some(l) => match guest_functions_differ(l) {
-            Some(d) => format!("WARNING: {d}."),
-            None => format!(
+            Some(d) => Err(format!("WARNING: {d}.")),
+            None => Ok(format!(
                 "The peer's {} function probes are the ones vmalock's default run attached in this guest, but for {} (bpftrace 0.17 generates no code for it).",
                 GUEST_FUNCTIONS.len(),
                 PEER_CANNOT.join(", ")
-            ),
+            )),
         },
     }
 }
@@ -172,7 +173,7 @@ mod tests {
         assert_eq!(f.len(), 31);
         assert!(f.contains("kfunc:down_read_trylock") && f.contains("kretfunc:down_read_trylock") && f.contains("kretfunc:vma_link"));
         assert_eq!(guest_functions_differ(LINE_7_2), None);
-        assert!(guest_functions_note(Some(LINE_7_2)).starts_with("The peer's 29 function probes"));
+        assert!(guest_functions_note(Some(LINE_7_2)).unwrap().starts_with("The peer's 29 function probes"));
     }
 
     #[test]
@@ -183,7 +184,7 @@ mod tests {
         let fewer = LINE_7_2.replace("up_write (fentry), ", "");
         let d = guest_functions_differ(&fewer).expect("a difference");
         assert!(d.contains("only the peer [\"kfunc:up_write\"]"), "{d}");
-        assert!(guest_functions_note(Some(&fewer)).starts_with("WARNING: "));
+        assert!(guest_functions_note(Some(&fewer)).unwrap_err().starts_with("WARNING: "));
         // A hook seen through another's program is no probe of its own.
         let inline = "  function hooks: down_write (fentry), vma_start_write (inline on this kernel: its down_write of vma->vm_lock->lock, via the down_write hook (fentry))";
         assert_eq!(summary_functions(inline).into_iter().collect::<Vec<_>>(), ["kfunc:down_write"]);
