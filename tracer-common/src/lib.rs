@@ -73,6 +73,16 @@ pub mod lock_class {
     pub const VMA_WRITE: u64 = 4;
 }
 
+/// `enum page_walk_lock` (include/linux/pagewalk.h) as a page-walk event carries it
+/// (`RawEvent::args[0]`); u64::MAX where the kernel's mm_walk_ops has no walk_lock (before 6.5).
+/// The loader checks this kernel's BTF enumerators against these before attaching walk hooks.
+pub mod walk_lock {
+    pub const RDLOCK: u64 = 0;
+    pub const WRLOCK: u64 = 1;
+    pub const WRLOCK_VERIFY: u64 = 2;
+    pub const VMA_RDLOCK_VERIFY: u64 = 3;
+}
+
 /// Which function a page walk or new-VMA event came from (`RawEvent::args[1]` of PAGEWALK,
 /// `args[0]` of VMA_NEW).
 pub mod site {

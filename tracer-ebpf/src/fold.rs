@@ -240,6 +240,15 @@ impl SlotRef {
     }
 }
 
+/// The current task holds `mm`'s mmap_lock through the acquire kept in its slot (read or
+/// write, a downgrade included): a hold userspace has not been sent, so only this says a page
+/// walk inside it is legal.
+#[inline(always)]
+pub fn holds_kept(mm: u64) -> bool {
+    // SAFETY: a valid map value, touched only by its own task.
+    mm != 0 && slot(tid(), false).is_some_and(|s| unsafe { (*s.0).pend_mm } == mm)
+}
+
 /// The task is gone: its slot with it (after its kept acquire was sent).
 #[inline(always)]
 pub fn forget() {

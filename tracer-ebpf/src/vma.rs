@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::debug;
-use tracer_common::{counter, fact, kind, layout, prepare_role, site};
+use tracer_common::{counter, fact, kind, layout, prepare_role, site, walk_lock};
 
 use crate::{
     task::TASK_SLOTS,
@@ -269,7 +269,7 @@ fn valid_ptr(p: u64) -> bool {
 
 /// `ops->walk_lock`, or u64::MAX where this kernel's mm_walk_ops has none (before 6.5).
 #[inline(always)]
-fn walk_lock(ops: u64) -> u64 {
+fn walk_lock_of(ops: u64) -> u64 {
     let l = layout();
     if l.known & layout::WALK == 0 {
         return u64::MAX;
@@ -342,8 +342,35 @@ fn on_walk<C: Args, const OPS: usize, const SITE: u64>(ctx: &C) {
     if vma != 0 {
         facts |= vma_facts(&l, mm, vma);
     }
-    let body = Body { mm, vma, args: [walk_lock(ctx.arg_u64(OPS)), SITE, 0], facts, stack_id: stack_id(ctx) };
+    let w = walk_lock_of(ctx.arg_u64(OPS));
+    // Every /proc/PID/smaps read walks each VMA: a default run kept none of them and sent each
+    // with its stack, which under TCG cost as much as the read itself.
+    if walk_legal(SITE, mm, vma, w, facts) && keep_legal(kind::PAGEWALK) {
+        return;
+    }
+    let body = Body { mm, vma, args: [w, SITE, 0], facts, stack_id: stack_id(ctx) };
     emit_body(ctx, kind::PAGEWALK, 0, &body);
+}
+
+/// No rule can judge this walk (model/vma.rs, PageWalk): it walks a file's mappings or an
+/// mm-less VMA, its walk_lock is not one the rules know, or the facts and the task's kept
+/// mmap_lock acquire show the lock its walk_lock needs held. Where only the model's own view
+/// of the task's holds could tell, the walk is sent.
+#[inline(always)]
+fn walk_legal(site_id: u64, mm: u64, vma: u64, w: u64, facts: u32) -> bool {
+    if site_id == site::WALK_PAGE_MAPPING || mm == 0 {
+        return true;
+    }
+    let has = |f: u32| facts & f != 0;
+    let writer_is_me = has(fact::MMAP_KNOWN) && has(fact::MMAP_WRITER_IS_CURRENT);
+    let vma_unlocked = vma != 0 && has(fact::VMA_KNOWN) && !has(fact::VMA_WRITE_LOCKED);
+    match w {
+        walk_lock::RDLOCK => writer_is_me || ((!has(fact::MMAP_KNOWN) || has(fact::MMAP_LOCKED)) && crate::fold::holds_kept(mm)),
+        walk_lock::WRLOCK => writer_is_me,
+        walk_lock::WRLOCK_VERIFY => writer_is_me && !vma_unlocked,
+        walk_lock::VMA_RDLOCK_VERIFY => !(vma_unlocked && has(fact::VMA_READ_KNOWN) && !has(fact::VMA_READ_LOCKED)),
+        _ => true,
+    }
 }
 
 macro_rules! walk_programs {
@@ -388,7 +415,13 @@ fn on_walk_step<C: Args>(ctx: &C) {
     let mm = read::<u64>(walk, l.walk_mm).unwrap_or(0);
     let ops = read::<u64>(walk, l.walk_ops).unwrap_or(0);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
-    let body = Body { mm, vma, args: [walk_lock(ops), 0, 0], facts, stack_id: stack_id(ctx) };
+    let w = walk_lock_of(ops);
+    // pagewalk-vma-write judges only a write-lock walk's step onto a VMA known unlocked.
+    let judged = matches!(w, walk_lock::WRLOCK | walk_lock::WRLOCK_VERIFY) && facts & (fact::VMA_KNOWN | fact::VMA_WRITE_LOCKED) == fact::VMA_KNOWN;
+    if !judged && keep_legal(kind::PAGEWALK_VMA) {
+        return;
+    }
+    let body = Body { mm, vma, args: [w, 0, 0], facts, stack_id: stack_id(ctx) };
     emit_body(ctx, kind::PAGEWALK_VMA, 0, &body);
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::comm::Comm;
 pub use crate::nameset::NameSet;
-use tracer_common::{RawEvent, fact, flag, kind, lock_class, site, snap};
+use tracer_common::{RawEvent, fact, flag, kind, lock_class, site, snap, walk_lock};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -113,18 +113,18 @@ pub enum WalkLock {
 impl WalkLock {
     /// The enumerator names and values vmalock's walk rules are written against.
     pub const KERNEL_ENUM: &[(&str, u32)] = &[
-        ("PGWALK_RDLOCK", 0),
-        ("PGWALK_WRLOCK", 1),
-        ("PGWALK_WRLOCK_VERIFY", 2),
-        ("PGWALK_VMA_RDLOCK_VERIFY", 3),
+        ("PGWALK_RDLOCK", walk_lock::RDLOCK as u32),
+        ("PGWALK_WRLOCK", walk_lock::WRLOCK as u32),
+        ("PGWALK_WRLOCK_VERIFY", walk_lock::WRLOCK_VERIFY as u32),
+        ("PGWALK_VMA_RDLOCK_VERIFY", walk_lock::VMA_RDLOCK_VERIFY as u32),
     ];
 
     pub fn from_raw(v: u64) -> Option<WalkLock> {
         Some(match v {
-            0 => WalkLock::PgwalkRdlock,
-            1 => WalkLock::PgwalkWrlock,
-            2 => WalkLock::PgwalkWrlockVerify,
-            3 => WalkLock::PgwalkVmaRdlockVerify,
+            walk_lock::RDLOCK => WalkLock::PgwalkRdlock,
+            walk_lock::WRLOCK => WalkLock::PgwalkWrlock,
+            walk_lock::WRLOCK_VERIFY => WalkLock::PgwalkWrlockVerify,
+            walk_lock::VMA_RDLOCK_VERIFY => WalkLock::PgwalkVmaRdlockVerify,
             _ => return None,
         })
     }

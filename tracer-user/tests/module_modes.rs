@@ -104,10 +104,12 @@ fn mmap_hold_to_exit_is_one_balance_verdict_for_the_task_and_mm() {
     );
 }
 
-/// The verdicts of a default `run` of MODE (balanced mmap_lock pairs folded in the kernel).
-fn default_run_verdicts(mode: &str) -> Vec<String> {
+/// The verdicts of a default `run` of MODE (balanced mmap_lock pairs folded in the kernel),
+/// with `extra` options.
+fn default_run_verdicts(mode: &str, extra: &[&str]) -> Vec<String> {
     let cmd = format!("{} -l {LINGER_MS} {mode}", trigger_bin());
-    let out = run(&["run", "-c", &cmd]);
+    let args: Vec<&str> = ["run"].into_iter().chain(extra.iter().copied()).chain(["-c", cmd.as_str()]).collect();
+    let out = run(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("command exited with status 0"), "the mode itself failed: {stderr}");
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("VIOLATION ")).map(str::to_string).collect()
@@ -127,12 +129,12 @@ fn balance_verdicts_survive_folding_in_a_default_run() {
             &["task exited holding mmap_lock for read", "mmap_lock taken for write while this task already holds it for read"][..],
         ),
     ] {
-        let v = default_run_verdicts(mode);
+        let v = default_run_verdicts(mode, &[]);
         assert_eq!(v.len(), 1, "{mode}: exactly one verdict expected from a default run, got {v:#?}");
         assert!(v[0].starts_with("VIOLATION mmap-lock-balance: "), "{}", v[0]);
         assert!(texts.iter().any(|t| v[0].contains(t)), "{mode}: unexpected verdict {}", v[0]);
     }
-    let v = default_run_verdicts("mmap-release-held");
+    let v = default_run_verdicts("mmap-release-held", &[]);
     assert!(v.is_empty(), "mmap-release-held: no verdict expected, got {v:#?}");
 }
 
@@ -212,6 +214,29 @@ fn every_breaking_vma_mode_is_reported_with_its_rule_task_mm_and_stack() {
             assert!(!live.is_empty(), "{mode}: {rule} is live here, yet only snapshot verdicts:\n{}", o.explained);
         }
         eprintln!("{mode}: {} verdict(s), {} live with module stack", o.verdicts.len(), live.len());
+    }
+}
+
+/// A default run keeps in the kernel the VMA events and page walks whose facts show them legal
+/// (emit.rs `keep_legal`, vma.rs `walk_legal`, each a reading of a rule's conditions): it must
+/// still report every breaking mode's rule, as `record` and `check` do.
+#[test]
+fn every_breaking_vma_mode_is_reported_by_a_default_run_too() {
+    let test = "every_breaking_vma_mode_is_reported_by_a_default_run_too";
+    let Some(modes) = modes(test) else { return };
+    let probe = run(&["probe", "--json"]);
+    let caps: Value = serde_json::from_slice(&probe.stdout).expect("vmalock probe --json");
+    let applies = |rule: &str| !caps["rules"][rule].as_str().unwrap_or("").starts_with("not applicable");
+    let breaking: Vec<&(String, String)> = modes.iter().filter(|(m, r)| is_vma_rule(r) && !not_observable(m) && applies(r)).collect();
+    if breaking.is_empty() {
+        skip(test, "no VMA rule applies to this kernel (no per-VMA locks), so no mode can break one");
+        return;
+    }
+    for (mode, rule) in breaking {
+        // Snapshots as often as `run_mode`'s, for the modes only a snapshot can see.
+        let v = default_run_verdicts(mode, &["--snapshot-ms", SNAPSHOT_MS]);
+        assert!(v.iter().any(|l| l.starts_with(&format!("VIOLATION {rule}: "))), "{mode}: a default run did not report {rule}: {v:#?}");
+        eprintln!("{mode}: reported by a default run ({} verdict(s))", v.len());
     }
 }
 
