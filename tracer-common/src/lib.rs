@@ -285,8 +285,11 @@ pub mod counter {
     /// Reads of the current task's start_time that failed (a wrong BTF offset): those events
     /// are not marked TASK_NEW. The daemon warns when it is not zero.
     pub const START_TIME_UNREADABLE: u32 = 7;
+    /// Acquire/release pairs of lock-order rwsems folded in the kernel: an acquisition along a
+    /// lock chain sent within the last second, released with nothing sent in between.
+    pub const LOCK_PAIRS_FOLDED: u32 = 8;
     /// Hook invocations that passed the TGID filter, indexed by `SEEN_BASE + kind`.
-    pub const SEEN_BASE: u32 = 8;
+    pub const SEEN_BASE: u32 = 9;
     pub const COUNT: u32 = SEEN_BASE + super::kind::COUNT as u32;
 }
 

@@ -182,6 +182,19 @@ pub fn count(index: u32) {
     bump(index, 1);
 }
 
+/// A default run (balanced mmap_lock pairs folded, legal events kept, stacks walked only where
+/// a report can show them); `record` and `--all-events` send everything with its stack.
+#[inline(always)]
+pub fn default_run() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.fold != 0)
+}
+
+/// A hook hit kept in the kernel (a folded lock-order rwsem pair's half): counted as seen.
+#[inline(always)]
+pub fn kept_hit(kind: u16) {
+    bump(counter::SEEN_BASE + kind as u32, 1);
+}
+
 /// A default run keeps in the kernel a VMA event whose facts, read at the hook, already show
 /// it legal: no rule can turn it into a verdict, and under TCG each such event (with its
 /// stack) cost more than the work it was about. It still counts as a hook hit, and as kept.
@@ -279,6 +292,16 @@ fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body
         let now = unsafe { bpf_ktime_get_ns() };
         slot.sent_at(now);
         at = Some((now, unsafe { bpf_get_smp_processor_id() }));
+    }
+    // Default runs: a lock-order rwsem acquisition kept back (locks.rs keep_acquire) goes
+    // ahead of anything else the task sends, after its kept mmap_lock acquire (taken before it:
+    // an mmap_lock taken under a watched rwsem is never kept).
+    if cfg.fold != 0 {
+        if let Some(k) = crate::locks::take_kept(pid_tgid as u32) {
+            let kflags = if is_new() { k.flags | flag::TASK_NEW } else { k.flags };
+            let kept = Body { args: [k.sem, k.class, 0], stack_id: -1, ..Default::default() };
+            submit_at(tracer_common::kind::LOCK_ACQUIRE, kflags, &kept, pid_tgid as u32, tgid, bpf_get_current_comm().unwrap_or([0; 16]), Some((k.ts_ns, k.cpu)));
+        }
     }
     if is_new() {
         flags |= flag::TASK_NEW;

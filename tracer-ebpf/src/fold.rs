@@ -249,6 +249,31 @@ pub fn holds_kept(mm: u64) -> bool {
     mm != 0 && slot(tid(), false).is_some_and(|s| unsafe { (*s.0).pend_mm } == mm)
 }
 
+/// The mmap_lock holds of task `tid` (the current one), as far as its slot knows, for
+/// lock-order's chain key (locks.rs `ChainKey`): how many userspace was sent, whether one of
+/// them is a write hold, and the kept acquire and its mode. Some(0) with no slot (the task has
+/// not acquired one since its slot was freed); None when another task has its slot, so its
+/// holds are not followed.
+#[inline(always)]
+pub fn held_summary(tid: u32) -> Option<u32> {
+    let p = FOLD.get_ptr_mut(tid % TASK_SLOTS)?;
+    // SAFETY: a valid map value; only its own task writes it.
+    unsafe {
+        if (*p).tid == 0 {
+            return Some(0);
+        }
+        if (*p).tid != tid {
+            return None;
+        }
+        let kept = match (*p).pend_mm {
+            0 => 0,
+            _ if (*p).pend_flags as u16 & flag::WRITE != 0 && (*p).down_ts == 0 => 2,
+            _ => 1,
+        };
+        Some((*p).depth.min(255) | u32::from((*p).write_mm != 0) << 8 | kept << 9)
+    }
+}
+
 /// The task is gone: its slot with it (after its kept acquire was sent).
 #[inline(always)]
 pub fn forget() {

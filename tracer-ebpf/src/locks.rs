@@ -4,18 +4,18 @@
 //! any other rwsem in the kernel costs one hash lookup and sends nothing.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     Global,
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{Array, LruHashMap},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
     EbpfContext,
 };
-use tracer_common::{fact, flag, kind, layout, lock_class};
+use tracer_common::{counter, fact, flag, kind, layout, lock_class};
 
 use crate::{
     task::TASK_SLOTS,
-    emit::{Body, emit_body, stack_id, traced},
+    emit::{Body, default_run, emit_body, stack_id, traced},
     kernel::{layout, read},
     vma::{Args, trusted_vma_read},
 };
@@ -69,7 +69,19 @@ fn held_key(sem: u64) -> HeldKey {
 pub struct Held {
     tid: u32,
     n: u32,
+    /// Which classes it holds and how: a 4-bit count per (class, mode) ([`class_bit`]), the
+    /// held side of [`ChainKey`].
+    classes: u64,
+    /// A default run's acquisition kept back ([`keep_acquire`]): its rwsem (0: none), class,
+    /// time, CPU and flags.
+    kept_sem: u64,
+    kept_class: u64,
+    kept_ts: u64,
+    kept_cpu: u32,
+    kept_flags: u32,
 }
+
+const NO_HOLD: Held = Held { tid: 0, n: 0, classes: 0, kept_sem: 0, kept_class: 0, kept_ts: 0, kept_cpu: 0, kept_flags: 0 };
 
 #[map]
 static TASK_HELD: Array<Held> = Array::with_max_entries(TASK_SLOTS, 0);
@@ -81,17 +93,167 @@ pub fn holds_watched() -> bool {
     TASK_HELD.get(t % TASK_SLOTS).is_some_and(|h| h.tid == t && h.n > 0)
 }
 
+/// One hold of `class` taken as `write`, as counted in [`Held::classes`]. Classes are below 8
+/// (tracer_common::lock_class), so 16 counters of 4 bits; more than 15 holds of one (class,
+/// mode) carry into the next counter, which costs at most a stack ([`chain_stack_id`]).
 #[inline(always)]
-fn held_add(up: bool) {
+fn class_bit(class: u64, write: bool) -> u64 {
+    1u64 << (((class & 7) * 2 + write as u64) * 4)
+}
+
+#[inline(always)]
+fn held_add(up: bool, class: u64, write: bool) {
     let t = tid();
     let Some(h) = TASK_HELD.get_ptr_mut(t % TASK_SLOTS) else { return };
+    let bit = class_bit(class, write);
     // SAFETY: a valid map value; its count is only changed by the task it is tagged with.
     unsafe {
         if (*h).tid == t {
-            (*h).n = if up { (*h).n.saturating_add(1) } else { (*h).n.saturating_sub(1) };
+            if up {
+                (*h).n = (*h).n.saturating_add(1);
+                (*h).classes = (*h).classes.wrapping_add(bit);
+            } else if (*h).n > 0 {
+                (*h).n -= 1;
+                (*h).classes = if (*h).n == 0 { 0 } else { (*h).classes.wrapping_sub(bit) };
+            }
         } else if up && (*h).n == 0 {
-            *h = Held { tid: t, n: 1 };
+            *h = Held { tid: t, n: 1, classes: bit, ..NO_HOLD };
         }
+    }
+}
+
+/// What decides which lock-order edges an acquisition adds (model/lockorder.rs `acquire`): the
+/// classes and modes the task holds, its mmap_lock holds and the acquired class. Two
+/// acquisitions with the same key add the same edges, except where the fold slot's summary of
+/// the mmap_lock holds ([`crate::fold::held_summary`]) cannot tell two orders of them apart.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ChainKey {
+    held: u64,
+    mmap: u32,
+    /// class | write << 8 | trylock << 9 | per-VMA read lock held << 10.
+    taken: u32,
+}
+
+/// Per chain key: when an acquisition along it last walked its stack.
+#[map]
+static CHAIN_STACK_AT: LruHashMap<ChainKey, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// How often one chain's acquisition walks its stack in a default run.
+const CHAIN_STACK_EVERY_NS: u64 = 1_000_000_000;
+
+/// The stack of a watched rwsem's acquisition: walked in a default run only for the first
+/// acquisition along its chain of held locks in a second. The model adds a chain's edges once,
+/// with the first acquisition's stack, and gives one first seen without a stack the next
+/// stack along it (lockorder.rs `give_stack`); every other acquisition's stack is shown only
+/// as the held side of an edge taken under it, which lockdep does not keep either. Every
+/// anon_vma and i_mmap `down_write` of fork and exit walked its stack, 16 us a run under TCG.
+/// `record` and `--all-events` walk every one.
+///
+/// `Err(now)` where the chain was stacked within the second: no stack, and the acquisition
+/// may be kept back ([`keep_acquire`]).
+#[inline(always)]
+fn chain_stack_id<C: StackIdContext>(ctx: &C, class: u64, write: bool, trylock: bool, vma_read: bool) -> Result<i32, u64> {
+    if !default_run() {
+        return Ok(stack_id(ctx));
+    }
+    let t = tid();
+    let held = match TASK_HELD.get(t % TASK_SLOTS) {
+        Some(h) if h.tid == t => h.classes,
+        Some(h) if h.n == 0 => 0,
+        // Another task has the slot: this task's holds are not counted (so for both slots).
+        _ => return Ok(stack_id(ctx)),
+    };
+    let Some(mmap) = crate::fold::held_summary(t) else { return Ok(stack_id(ctx)) };
+    let taken = (class as u32 & 0xff) | (write as u32) << 8 | (trylock as u32) << 9 | (vma_read as u32) << 10;
+    let key = ChainKey { held, mmap, taken };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match CHAIN_STACK_AT.get_ptr_mut(&key) {
+        // SAFETY: a valid map value; a race between CPUs costs one stack more or less.
+        Some(at) => unsafe {
+            if now.wrapping_sub(*at) < CHAIN_STACK_EVERY_NS {
+                return Err(now);
+            }
+            *at = now;
+        },
+        None => {
+            let _ = CHAIN_STACK_AT.insert(&key, &now, 0);
+        }
+    }
+    Ok(stack_id(ctx))
+}
+
+/// Keeps a successful plain acquisition back (default runs), as crate::fold keeps an mmap_lock
+/// acquire: its chain was sent within the second, so the model learns nothing from it but the
+/// hold. If the task releases it next, the pair is dropped ([`drop_kept`]); anything else the
+/// task sends first sends it ahead ([`take_kept`], from emit.rs). One per task, in its
+/// TASK_HELD slot (taken if free, as `held_add` would). True if kept.
+#[inline(always)]
+fn keep_acquire(sem: u64, class: u64, flags: u16, now: u64) -> bool {
+    let t = tid();
+    let Some(h) = TASK_HELD.get_ptr_mut(t % TASK_SLOTS) else { return false };
+    // SAFETY: a valid map value, written only by the task it is tagged with (or taken free).
+    unsafe {
+        if (*h).tid != t {
+            if (*h).n != 0 {
+                return false;
+            }
+            *h = Held { tid: t, ..NO_HOLD };
+        }
+        if (*h).kept_sem != 0 {
+            return false;
+        }
+        (*h).kept_sem = sem;
+        (*h).kept_class = class;
+        (*h).kept_ts = now;
+        (*h).kept_cpu = bpf_get_smp_processor_id();
+        (*h).kept_flags = u32::from(flags);
+    }
+    crate::emit::kept_hit(kind::LOCK_ACQUIRE);
+    true
+}
+
+/// The release of the kept acquisition of `sem`: its class if there was one (neither is sent).
+#[inline(always)]
+fn drop_kept(sem: u64) -> Option<u64> {
+    let t = tid();
+    let h = TASK_HELD.get_ptr_mut(t % TASK_SLOTS)?;
+    // SAFETY: as in keep_acquire.
+    let class = unsafe {
+        if (*h).tid != t || (*h).kept_sem != sem || sem == 0 {
+            return None;
+        }
+        (*h).kept_sem = 0;
+        (*h).kept_class
+    };
+    crate::emit::kept_hit(kind::LOCK_RELEASE);
+    crate::emit::count(counter::LOCK_PAIRS_FOLDED);
+    Some(class)
+}
+
+/// A kept acquisition to send ahead of another event of task `tid` (the current one).
+pub struct KeptLock {
+    pub sem: u64,
+    pub class: u64,
+    pub ts_ns: u64,
+    pub cpu: u32,
+    pub flags: u16,
+}
+
+#[inline(always)]
+pub fn take_kept(tid: u32) -> Option<KeptLock> {
+    let h = TASK_HELD.get_ptr_mut(tid % TASK_SLOTS)?;
+    // SAFETY: as in keep_acquire.
+    unsafe {
+        if (*h).tid != tid || (*h).kept_sem == 0 {
+            return None;
+        }
+        let k = KeptLock { sem: (*h).kept_sem, class: (*h).kept_class, ts_ns: (*h).kept_ts, cpu: (*h).kept_cpu, flags: (*h).kept_flags as u16 };
+        (*h).kept_sem = 0;
+        // Sent now: its release finds its class as any sent acquisition's does.
+        let _ = HELD_AS.insert(&HeldKey { sem: k.sem, tid, _pad: 0 }, &k.class, 0);
+        Some(k)
     }
 }
 
@@ -202,10 +364,11 @@ fn order_class_of(sem: u64) -> Option<u64> {
     class_of(sem).filter(|c| *c != lock_class::VMA_WRITE)
 }
 
+/// Sends a lock event; true if a default run kept the acquisition back instead.
 #[inline(always)]
-fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, write: bool, success: bool, trylock: bool) {
+fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, write: bool, success: bool, trylock: bool) -> bool {
     if !traced() {
-        return;
+        return false;
     }
     let mut facts = if trylock { fact::TRYLOCK } else { 0 };
     // A per-VMA read lock held under the acquire is the vma_lock side of an edge.
@@ -223,9 +386,22 @@ fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, 
     }
     // Only an acquire's stack is ever shown (a lock-order edge's two sides); a release is never
     // a verdict, and a stack walk is the dearest part of an event under TCG.
-    let stack_id = if k == kind::LOCK_ACQUIRE { stack_id(ctx) } else { -1 };
+    let stack_id = if k == kind::LOCK_ACQUIRE {
+        match chain_stack_id(ctx, class, write, trylock, held.is_some()) {
+            Ok(id) => id,
+            Err(now) => {
+                if success && !trylock && held.is_none() && keep_acquire(sem, class, flags, now) {
+                    return true;
+                }
+                -1
+            }
+        }
+    } else {
+        -1
+    };
     let body = Body { mm: 0, vma, args: [sem, class, 0], facts, stack_id };
     emit_body(ctx, k, flags, &body);
+    false
 }
 
 /// down_read / down_write entry: the task is about to wait (lockdep validates here too).
@@ -255,9 +431,13 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
             }
             return;
         }
-        held_add(true);
-        let _ = HELD_AS.insert(&held_key(sem), &class, 0);
-        send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
+        // The chain key is of what was held before this one.
+        let kept = send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
+        held_add(true, class, WRITE);
+        // A kept one is remembered in the slot, and here once sent (take_kept).
+        if !kept {
+            let _ = HELD_AS.insert(&held_key(sem), &class, 0);
+        }
     }
 }
 
@@ -268,6 +448,10 @@ fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
         return;
     }
     let sem = ctx.arg_u64(0);
+    if let Some(class) = drop_kept(sem) {
+        held_add(false, class, WRITE);
+        return;
+    }
     // The class it was taken as, if this task took it; else what the address is known as now
     // (a release by another task than the one that took it: up_read_non_owner).
     let key = held_key(sem);
@@ -279,7 +463,7 @@ fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
         None => order_class_of(sem),
     };
     if let Some(class) = class {
-        held_add(false);
+        held_add(false, class, WRITE);
         send(ctx, kind::LOCK_RELEASE, sem, class, WRITE, true, false);
     }
 }
@@ -292,7 +476,7 @@ pub fn forget_task_locks() {
         // SAFETY: a valid map value; only its own task frees it.
         unsafe {
             if (*h).tid == t {
-                *h = Held { tid: 0, n: 0 };
+                *h = NO_HOLD;
             }
         }
     }
@@ -328,11 +512,11 @@ fn on_trylock_return<C: EbpfContext + StackIdContext, const WRITE: bool>(ctx: &C
     }
     if let Some(class) = class_of(sem) {
         let success = ret as u32 == 1;
+        send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, success, true);
         if success {
-            held_add(true);
+            held_add(true, class, WRITE);
             let _ = HELD_AS.insert(&held_key(sem), &class, 0);
         }
-        send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, success, true);
     }
 }
 

@@ -548,6 +548,7 @@ impl Tracer {
             vma_read_dropped: sum(counter::VMA_READ_DROPPED)?,
             folded_pairs: sum(counter::FOLDED_PAIRS)?,
             legal_kept: sum(counter::LEGAL_KEPT)?,
+            lock_pairs_folded: sum(counter::LOCK_PAIRS_FOLDED)?,
             start_time_unreadable: sum(counter::START_TIME_UNREADABLE)?,
             snapshot_vmas: sum(counter::SNAP_VISITED)?,
             snapshot_rounds: u64::from(self.snapshot_round),
@@ -650,6 +651,9 @@ pub struct Counters {
     pub folded_pairs: u64,
     /// VMA events whose facts at the hook showed them legal, kept instead of sent (default runs).
     pub legal_kept: u64,
+    /// Lock-order rwsem acquire/release pairs along a chain sent within the last second, folded
+    /// in the kernel (default runs).
+    pub lock_pairs_folded: u64,
     /// Events whose task's start_time could not be read (not marked as traced from birth).
     pub start_time_unreadable: u64,
     /// VMA snapshot passes, and VMAs of traced processes compared in them.

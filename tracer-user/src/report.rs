@@ -107,6 +107,13 @@ impl fmt::Display for Summary {
                 self.counters.legal_kept
             )?;
         }
+        if self.counters.lock_pairs_folded > 0 {
+            writeln!(
+                f,
+                "  lock-order rwsem pairs along a chain sent within the second, dropped in the kernel (`record` or --all-events sends them): {}",
+                self.counters.lock_pairs_folded
+            )?;
+        }
         if !self.counters.program_times.is_empty() {
             let t: Vec<String> =
                 self.counters.program_times.iter().map(|p| format!("{} {}×{}", p.name, p.run_time_ns / p.runs.max(1), p.runs)).collect();

@@ -283,6 +283,57 @@ fn default_run_sends_only_what_the_rules_need() {
     }
 }
 
+/// The bench loads (`vmalock-bench-load`), here or at `$VMALOCK_BENCH_LOAD` (the test guests).
+fn bench_load() -> String {
+    std::env::var("VMALOCK_BENCH_LOAD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vmalock-bench-load").into())
+}
+
+/// The lock-order graph file's edges, as "from -> to".
+fn graph_edges(path: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("graph file")).expect("graph JSON");
+    g["edges"].as_array().expect("edges").iter().map(|e| format!("{} -> {}", e["from"].as_str().unwrap(), e["to"].as_str().unwrap())).collect()
+}
+
+/// fork's dup_mmap takes each anon_vma and i_mmap_rwsem under the two mmap_locks, the same few
+/// lock chains over and over. A default run sends one acquisition per chain a second and
+/// drops the other acquire/release pairs in the kernel (locks.rs keep_acquire): it must learn
+/// the same rwsem edges as a recording of the same loop, which sends every pair.
+#[test]
+fn default_run_drops_repeated_rwsem_pairs_and_learns_the_edges_a_recording_does() {
+    let test = "default_run_drops_repeated_rwsem_pairs_and_learns_the_edges_a_recording_does";
+    if !can_trace(test) {
+        return;
+    }
+    let _g = serial();
+    let cmd = format!("{} fork --seconds 1", bench_load());
+    let (_d1, run_graph) = tmp("run-graph.json");
+    let out = run(&["run", "--graph", run_graph.to_str().unwrap(), "-c", &cmd]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hooks = stderr.lines().find(|l| l.contains("function hooks:")).unwrap_or_else(|| panic!("no function hooks line: {stderr}"));
+    if !hooks.contains("down_write") {
+        skip(test, "down_write is not hooked on this kernel (fentry refused, no kprobes): lock-order sees mmap_lock only");
+        return;
+    }
+    let dropped = summary_count(&stderr, "dropped in the kernel");
+    assert!(dropped > 0, "{stderr}");
+    let (_d2, trace) = tmp("fork.jsonl");
+    assert!(run(&["record", "-o", trace.to_str().unwrap(), "-c", &cmd]).status.success());
+    let (_d3, rec_graph) = tmp("record-graph.json");
+    assert!(run(&["check", "--graph", rec_graph.to_str().unwrap(), trace.to_str().unwrap()]).status.success());
+    // The edges of the rwsems lock-order watches. (A default run's graph has never had the
+    // two kinds of edge only legal mmap_lock-side events show: mmap_lock -> vma_lock from the
+    // VMA write locks it keeps, mmap_lock -> mmap_lock/1 from the start_locking it does not
+    // send; README, "What a default run does not send".)
+    let watched = |g: &std::path::Path| -> std::collections::BTreeSet<String> {
+        graph_edges(g).into_iter().filter(|e| ["anon_vma", "i_mmap_rwsem", "i_rwsem"].iter().any(|c| e.contains(c))).collect()
+    };
+    let (by_run, by_record) = (watched(&run_graph), watched(&rec_graph));
+    assert!(by_record.iter().any(|e| e.starts_with("mmap_lock") && e.contains("-> anon_vma")), "fork took no anon_vma under the mmap_lock: {by_record:?}");
+    assert_eq!(by_run, by_record, "a default run ({dropped} pairs dropped) and a recording learned different rwsem edges");
+    eprintln!("{dropped} pairs dropped; both learned {by_run:?}");
+}
+
 /// A default run folds a pair whole or not at all, and a clean workload stays clean. (That a
 /// leaked or unheld lock is still reported needs the test module: module_modes.rs,
 /// balance_verdicts_survive_folding_in_a_default_run.)

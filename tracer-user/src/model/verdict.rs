@@ -149,7 +149,9 @@ impl Verdict {
                         }
                     }
                     (Some(id), true) => s += &format!("       {what} at: stack {id} (not symbolized in this stream)\n"),
-                    (None, true) => s += &format!("       {what} at: no stack recorded\n"),
+                    // Not every acquisition walks its stack: a default run one per lock chain a second
+                    // (locks.rs chain_stack_id), legal VMA write locks one per CPU every 10 ms.
+                    (None, true) => s += &format!("       {what} at: no stack recorded (README: \"One stack per lock chain a second\")\n"),
                 }
             }
         }

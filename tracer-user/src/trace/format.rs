@@ -43,7 +43,8 @@ pub struct Header {
     pub all_events: bool,
     /// Whether balanced mmap_lock pairs (an acquire and its release with nothing sent between)
     /// were folded in the kernel and are absent from the trace, and with them the VMA events
-    /// whose facts at the hook showed them legal. Older traces lack the field.
+    /// whose facts at the hook showed them legal and the lock-order rwsem pairs along a chain
+    /// sent within the second. Older traces lack the field.
     #[serde(default)]
     pub folded_pairs: bool,
     /// Owned by the probe code; kept opaque here so its shape can change without this module.

@@ -137,7 +137,7 @@ for t in /tests/*; do
   fi
   while read -r tname; do
     start=$(date +%s)
-    VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_FOUND_LOG=/tmp/found VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix \
+    VMALOCK_SKIP_LOG=/tmp/skips VMALOCK_FOUND_LOG=/tmp/found VMALOCK_BIN=/bin/vmalock VMALOCK_WORKLOAD=/bin/vmalock-workload VMALOCK_MIX=/bin/vmalock-mix VMALOCK_BENCH_LOAD=/bin/vmalock-bench-load \
       "$t" --exact "$tname" --test-threads=1 > /tmp/out 2>&1
     echo "VMALOCK-TIME $name::$tname $(( $(date +%s) - start ))"
     # libtest: "test NAME ... ok|FAILED|ignored"; a skip is an "ok" whose name is in the skip log.
