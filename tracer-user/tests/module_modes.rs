@@ -169,6 +169,16 @@ fn not_observable(mode: &str) -> bool {
     NOT_OBSERVABLE.iter().any(|(n, _, _)| *n == mode)
 }
 
+/// What `vmalock probe --json` says this kernel allows.
+fn capabilities() -> Value {
+    serde_json::from_slice(&run(&["probe", "--json"]).stdout).expect("vmalock probe --json")
+}
+
+/// `caps` (from [`capabilities`]) does not call `rule` "not applicable" on this kernel.
+fn rule_applies(caps: &Value, rule: &str) -> bool {
+    !caps["rules"][rule].as_str().unwrap_or("").starts_with("not applicable")
+}
+
 /// The rules the VMA probes and snapshots check (all but mmap-lock-balance and lock-order).
 fn is_vma_rule(rule: &str) -> bool {
     rule != "legal" && rule != "mmap-lock-balance" && rule != "lock-order" && vmalock::model::rule(rule).is_some_and(|r| r.implemented)
@@ -180,9 +190,8 @@ fn every_breaking_vma_mode_is_reported_with_its_rule_task_mm_and_stack() {
     let Some(modes) = modes(test) else { return };
     // What `vmalock probe` says of each rule here: a mode whose rule does not apply to this
     // kernel (6.1 has no per-VMA locks) must give no verdict of it, rather than a silent pass.
-    let probe = run(&["probe", "--json"]);
-    let caps: Value = serde_json::from_slice(&probe.stdout).expect("vmalock probe --json");
-    let applies = |rule: &str| !caps["rules"][rule].as_str().unwrap_or("").starts_with("not applicable");
+    let caps = capabilities();
+    let applies = |rule: &str| rule_applies(&caps, rule);
     type Modes<'a> = Vec<&'a (String, String)>;
     let (breaking, not_applicable): (Modes, Modes) =
         modes.iter().filter(|(m, r)| is_vma_rule(r) && !not_observable(m)).partition(|(_, r)| applies(r));
@@ -230,9 +239,8 @@ fn every_breaking_vma_mode_is_reported_with_its_rule_task_mm_and_stack() {
 fn every_breaking_vma_mode_is_reported_by_a_default_run_too() {
     let test = "every_breaking_vma_mode_is_reported_by_a_default_run_too";
     let Some(modes) = modes(test) else { return };
-    let probe = run(&["probe", "--json"]);
-    let caps: Value = serde_json::from_slice(&probe.stdout).expect("vmalock probe --json");
-    let applies = |rule: &str| !caps["rules"][rule].as_str().unwrap_or("").starts_with("not applicable");
+    let caps = capabilities();
+    let applies = |rule: &str| rule_applies(&caps, rule);
     let breaking: Vec<&(String, String)> = modes.iter().filter(|(m, r)| is_vma_rule(r) && !not_observable(m) && applies(r)).collect();
     if breaking.is_empty() {
         skip(test, "no VMA rule applies to this kernel (no per-VMA locks), so no mode can break one");
@@ -302,8 +310,7 @@ fn lock_order_modes_are_reported_with_their_classes_and_stacks() {
         skip(test, "this kernel's module lists no lock-order modes vmalock can observe");
         return;
     }
-    let probe = run(&["probe", "--json"]);
-    let caps: Value = serde_json::from_slice(&probe.stdout).expect("vmalock probe --json");
+    let caps = capabilities();
     let mut skipped = Vec::new();
     for m in listed {
         let (_, twin, expect, class) =
