@@ -49,7 +49,7 @@ enum Cmd {
         /// Only these microbenchmarks (default: all).
         #[arg(long = "bench")]
         benches: Vec<String>,
-        /// Only these traced configurations (default, all-events, record, bpftrace, hooks-only).
+        /// Only these traced configurations (default, all-events, record, bpftrace, bpftrace-stream, hooks-only).
         #[arg(long = "config")]
         configs: Vec<String>,
         #[arg(long, default_value_t = 5)]
@@ -138,7 +138,7 @@ fn main() {
             let argv = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
             let o = bench::Options {
                 benches: if benches.is_empty() { bench::BENCHES.iter().map(|b| b.to_string()).collect() } else { benches },
-                configs: if configs.is_empty() { ["default", "all-events", "record", "bpftrace", "hooks-only"].map(String::from).to_vec() } else { configs },
+                configs: if configs.is_empty() { ["default", "all-events", "record", "bpftrace", "bpftrace-stream", "hooks-only"].map(String::from).to_vec() } else { configs },
                 repeats,
                 seconds,
                 no_profile,

@@ -23,6 +23,9 @@ fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, 
     if configs.contains(&Config::Bpftrace) {
         let _ = write!(s, "cat > /tmp/peer.bt <<'VMALOCK-PEER-EOF'\n{}VMALOCK-PEER-EOF\n", super::peer::guest_script());
     }
+    if configs.contains(&Config::BpftraceStream) {
+        let _ = write!(s, "cat > /tmp/stream.bt <<'VMALOCK-PEER-EOF'\n{}VMALOCK-PEER-EOF\n", super::peer::guest_stream_script());
+    }
     if configs.contains(&Config::HooksOnly) {
         let _ = write!(s, "cat > /tmp/floor.bt <<'VMALOCK-PEER-EOF'\n{}VMALOCK-PEER-EOF\n", super::peer::hooks_only_script(true));
     }
@@ -41,6 +44,7 @@ fn script(benches: &[String], configs: &[Config], repeats: usize, seconds: f64, 
                     Config::AllEvents => format!("vmalock run --all-events -c '{load}'"),
                     Config::Record => format!("vmalock record -o /tmp/bench.trace -c '{load}'"),
                     Config::Bpftrace => format!("bpftrace /tmp/peer.bt -c '{load}'"),
+                    Config::BpftraceStream => format!("bpftrace /tmp/stream.bt -c '{load}'"),
                     Config::HooksOnly => format!("bpftrace /tmp/floor.bt -c '{load}'"),
                     Config::Base => continue,
                 };
@@ -186,6 +190,13 @@ mod tests {
         assert!(floor.contains("kfunc:__vma_start_write") && floor.contains("kretfunc:handle_mm_fault"));
         assert!(floor.contains("tracepoint:mmap_lock:mmap_lock_released") && !floor.contains("cpid"));
         assert_eq!(floor.matches("{ @n = count(); }").count(), 3, "tracepoints, kfunc and kretfunc blocks");
+        // The streaming peer: the same hooks and filter, a line printed per hit.
+        let s = script(&["fork".into()], &[Config::BpftraceStream], 1, 1.0, false);
+        assert_eq!(s.matches("run fork bpftrace-stream 0 bpftrace /tmp/stream.bt -c 'vmalock-bench-load fork").count(), 1);
+        let stream = &s[s.find("cat > /tmp/stream.bt").unwrap()..s.find("run fork base").unwrap()];
+        assert!(stream.contains("kfunc:__vma_start_write") && stream.contains("kretfunc:handle_mm_fault"));
+        assert_eq!(stream.matches("/pid == cpid/ { printf(").count(), 5, "three tracepoints, kfunc and kretfunc blocks");
+        assert!(!stream.contains("count()"));
         let s = script(&["fork".into()], &[Config::Default], 1, 1.0, false);
         assert!(!s.contains("bpftrace"));
     }

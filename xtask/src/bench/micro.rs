@@ -25,6 +25,9 @@ pub enum Config {
     Record,
     /// bpftrace on the same (mmap_lock) hooks, counting per task in maps.
     Bpftrace,
+    /// bpftrace on the same hooks printing a line per hit: the peer of `--all-events` and
+    /// `record`, which send every hit to userspace too.
+    BpftraceStream,
     /// The floor: bpftrace on the same hooks with programs that only bump one per-CPU count.
     /// What attaching there costs before any program does any work (under TCG, a trampoline
     /// per function hook), which no tracer on those hooks can go below.
@@ -40,20 +43,21 @@ impl Config {
             Config::AllEvents => "all-events",
             Config::Record => "record",
             Config::Bpftrace => "bpftrace",
+            Config::BpftraceStream => "bpftrace-stream",
             Config::HooksOnly => "hooks-only",
         }
     }
 
     pub fn parse(s: &str) -> Result<Config> {
-        [Config::Base, Config::Default, Config::AllEvents, Config::Record, Config::Bpftrace, Config::HooksOnly]
+        [Config::Base, Config::Default, Config::AllEvents, Config::Record, Config::Bpftrace, Config::BpftraceStream, Config::HooksOnly]
             .into_iter()
             .find(|c| c.name() == s)
-            .ok_or_else(|| anyhow!("unknown configuration {s:?}: one of default, all-events, record, bpftrace, hooks-only"))
+            .ok_or_else(|| anyhow!("unknown configuration {s:?}: one of default, all-events, record, bpftrace, bpftrace-stream, hooks-only"))
     }
 
     /// Runs bpftrace (the peer, or the floor).
     pub fn is_bpftrace(self) -> bool {
-        matches!(self, Config::Bpftrace | Config::HooksOnly)
+        matches!(self, Config::Bpftrace | Config::BpftraceStream | Config::HooksOnly)
     }
 
     /// The command that runs `bench` for `seconds` under this configuration.
@@ -76,8 +80,12 @@ impl Config {
                 let trace = record_path();
                 vmalock(&["record", "-o", trace.to_str().expect("utf-8 path")])
             }
-            Config::Bpftrace | Config::HooksOnly => {
-                let script = if self == Config::Bpftrace { peer::MMAP_LOCK_SCRIPT.to_string() } else { peer::hooks_only_script(false) };
+            Config::Bpftrace | Config::BpftraceStream | Config::HooksOnly => {
+                let script = match self {
+                    Config::Bpftrace => peer::MMAP_LOCK_SCRIPT.to_string(),
+                    Config::BpftraceStream => peer::MMAP_LOCK_STREAM_SCRIPT.to_string(),
+                    _ => peer::hooks_only_script(false),
+                };
                 let mut c = Command::new("bpftrace");
                 c.args(["-e", &script, "-c", &load]);
                 c
@@ -125,7 +133,7 @@ pub fn parse(bench: &str, config: Config, repeat: usize, stdout: &str, stderr: &
     let both = format!("{stdout}\n{stderr}");
     let lost_events = match config {
         Config::Base => None,
-        Config::Bpftrace | Config::HooksOnly => Some(both.lines().filter_map(bpftrace_lost).sum()),
+        _ if config.is_bpftrace() => Some(both.lines().filter_map(bpftrace_lost).sum()),
         _ => after(stderr, "lost events: "),
     };
     Ok(Run {

@@ -97,7 +97,7 @@ pub fn run(o: &Options, argv: &str) -> Result<()> {
     let load_after = report::uptime();
 
     let r = report::Report {
-        hooks: "Hooks on this kernel: the mmap_lock tracepoints and VMA snapshots (no function hooks: fentry EPERM, no kprobes); bpftrace counts the same three tracepoints per task in maps; hooks-only is bpftrace on them with programs that only bump one per-CPU count (the floor of attaching there).".into(),
+        hooks: "Hooks on this kernel: the mmap_lock tracepoints and VMA snapshots (no function hooks: fentry EPERM, no kprobes); bpftrace counts the same three tracepoints per task in maps; bpftrace-stream prints a line per hit on them instead (the peer of --all-events and record, which send every hit to userspace); hooks-only is bpftrace on them with programs that only bump one per-CPU count (the floor of attaching there).".into(),
         started,
         machine: report::machine(),
         command: argv.to_string(),
@@ -146,7 +146,7 @@ fn run_guest(o: &Options, kernel: &str, configs: &[micro::Config], argv: &str) -
     };
     let r = report::Report {
         hooks: format!(
-            "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. bpftrace (the host's, copied in with its libraries) counts the same tracepoints and function hooks per task in maps; hooks-only is bpftrace on the same hooks with programs that only bump one per-CPU count: the floor of attaching there (a trampoline per function hook), below which no tracer on those hooks can go.{peer_note}"
+            "Guest {kernel} under QEMU/TCG, every hook the kernel allows (see the run log, target/vm-report/{kernel}.run.log): absolute rates are emulation speed, only ratios mean something. bpftrace (the host's, copied in with its libraries) counts the same tracepoints and function hooks per task in maps; bpftrace-stream prints a line per hit on them instead (probe, tid, time: the peer of --all-events and record, which send every hit to userspace, with the lock state and a stack id where a verdict can show it); hooks-only is bpftrace on the same hooks with programs that only bump one per-CPU count: the floor of attaching there (a trampoline per function hook), below which no tracer on those hooks can go.{peer_note}"
         ),
         started,
         machine: format!("{} (host); guest {kernel} under QEMU/TCG", report::machine()),

@@ -42,6 +42,15 @@ tracepoint:mmap_lock:mmap_lock_acquire_returned /pid == cpid/ { @acquired[tid, a
 tracepoint:mmap_lock:mmap_lock_released /pid == cpid/ { @released[tid, args->write] = count(); }
 ";
 
+/// The streaming peer on the host: the same three tracepoints and filter, printing one line per
+/// hit (the probe, tid, time, mm and mode) as `vmalock run --all-events` sends each hit to
+/// userspace: what a bpftrace user would write to see every event rather than count them.
+pub const MMAP_LOCK_STREAM_SCRIPT: &str = "\
+tracepoint:mmap_lock:mmap_lock_start_locking /pid == cpid/ { printf(\"start %d %llu %llx %d\\n\", tid, nsecs, args->mm, args->write); }
+tracepoint:mmap_lock:mmap_lock_acquire_returned /pid == cpid/ { printf(\"acquired %d %llu %llx %d %d\\n\", tid, nsecs, args->mm, args->write, args->success); }
+tracepoint:mmap_lock:mmap_lock_released /pid == cpid/ { printf(\"released %d %llu %llx %d\\n\", tid, nsecs, args->mm, args->write); }
+";
+
 /// The function hooks a default `vmalock run` attaches in a 7.x guest (its summary's "function
 /// hooks" line on 7.2), as bpftrace kfunc/kretfunc probes. Written out because the script goes
 /// into the guest before vmalock runs there; every guest bench checks it against what vmalock
@@ -147,6 +156,14 @@ pub fn hooks_only_script(guest: bool) -> String {
 /// `pid` is the TGID, the filter `vmalock -c` applies).
 pub fn guest_script() -> String {
     format!("{MMAP_LOCK_SCRIPT}{}", function_blocks("/pid == cpid/ { @calls[probe, tid] = count(); }"))
+}
+
+/// The streaming peer in a 7.x guest: the streaming tracepoints and every function hook of
+/// [`guest_script`], each hit printed as a line (probe, tid, time). It prints less than
+/// vmalock sends per event (no lock state read from kernel memory, no stack id): the cheapest
+/// bpftrace that sees every hit in userspace.
+pub fn guest_stream_script() -> String {
+    format!("{MMAP_LOCK_STREAM_SCRIPT}{}", function_blocks("/pid == cpid/ { printf(\"%s %d %llu\\n\", probe, tid, nsecs); }"))
 }
 
 /// GUEST_FUNCTIONS as bpftrace blocks, each running `action`: one block per probe type, since

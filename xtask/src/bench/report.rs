@@ -188,20 +188,21 @@ fn targets(r: &Report) -> String {
                 .map(|x| (cost(x) <= limit, format!("cost {:.1}%{}{}", cost(x), range(r, bench, Config::Default), floor(bench)))),
         );
     }
+    // The peer counts in maps; the streaming one sees every hit in userspace, as
+    // --all-events does. Each is its own line, so neither hides the other.
     for b in r.rows.iter().filter(|x| x.config == Config::AllEvents).map(|x| x.bench.clone()) {
-        let got = median_ratio(r, &b, Config::AllEvents).zip(median_ratio(r, &b, Config::Bpftrace)).map(|(v, p)| {
-            (
-                v >= p,
-                format!(
-                    "every-probe cost {:.1}%{} vs bpftrace {:.1}%{}",
-                    cost(v),
-                    range(r, &b, Config::AllEvents),
-                    cost(p),
-                    range(r, &b, Config::Bpftrace)
-                ),
-            )
-        });
-        line(&format!("every probe cheaper than bpftrace on `{b}`"), got);
+        for (peer, what) in [(Config::Bpftrace, "bpftrace"), (Config::BpftraceStream, "bpftrace streaming every hit (bpftrace-stream)")] {
+            if peer == Config::BpftraceStream && median_ratio(r, &b, peer).is_none() {
+                continue;
+            }
+            let got = median_ratio(r, &b, Config::AllEvents).zip(median_ratio(r, &b, peer)).map(|(v, p)| {
+                (
+                    v >= p,
+                    format!("every-probe cost {:.1}%{} vs {} {:.1}%{}", cost(v), range(r, &b, Config::AllEvents), peer.name(), cost(p), range(r, &b, peer)),
+                )
+            });
+            line(&format!("every probe cheaper than {what} on `{b}`"), got);
+        }
     }
     line(
         "replay ≥ 5 M events/s",
@@ -284,5 +285,43 @@ mod tests {
         let t = targets(&r);
         assert!(t.contains("- MISSED default probes ≤ 5% on the page-fault loop: cost 20.0% (ratios 0.80–0.80); the hooks alone (hooks-only) cost 10.0%"), "{t}");
         assert!(t.contains("- NOT MEASURED default probes ≤ 15% on mmap/munmap"), "{t}");
+    }
+
+    /// --all-events is compared with both peers when the streaming one ran, each on its own
+    /// line; without it, only with the counting peer.
+    #[test]
+    fn every_probe_is_compared_with_each_peer_that_ran() {
+        let runs = [
+            run(Config::Base, 100.0),
+            run(Config::AllEvents, 50.0),
+            run(Config::Base, 100.0),
+            run(Config::Bpftrace, 80.0),
+            run(Config::Base, 100.0),
+            run(Config::BpftraceStream, 30.0),
+        ];
+        let report = |configs: &[Config]| Report {
+            hooks: String::new(),
+            started: String::new(),
+            machine: String::new(),
+            command: String::new(),
+            repeats: 1,
+            seconds: 1.0,
+            load: Vec::new(),
+            rows: rows(&runs, &["fault".into()], configs),
+            runs: runs.to_vec(),
+            profiles: Vec::new(),
+            replays: Vec::new(),
+            rss: None,
+            dashboard: Vec::new(),
+        };
+        let t = targets(&report(&[Config::AllEvents, Config::Bpftrace, Config::BpftraceStream]));
+        assert!(t.contains("- MISSED every probe cheaper than bpftrace on `fault`: every-probe cost 50.0% (ratios 0.50–0.50) vs bpftrace 20.0%"), "{t}");
+        assert!(
+            t.contains("- MET every probe cheaper than bpftrace streaming every hit (bpftrace-stream) on `fault`: every-probe cost 50.0% (ratios 0.50–0.50) vs bpftrace-stream 70.0%"),
+            "{t}"
+        );
+        let t = targets(&report(&[Config::AllEvents, Config::Bpftrace]));
+        assert!(t.contains("- MISSED every probe cheaper than bpftrace on `fault`"), "{t}");
+        assert!(!t.contains("bpftrace-stream"), "{t}");
     }
 }
