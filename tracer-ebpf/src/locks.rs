@@ -54,8 +54,8 @@ pub struct HeldKey {
 static HELD_AS: LruHashMap<HeldKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn held_key(sem: u64) -> HeldKey {
-    HeldKey { sem, tid: tid(), _pad: 0 }
+fn held_key(me: &Me, sem: u64) -> HeldKey {
+    HeldKey { sem, tid: me.tid, _pad: 0 }
 }
 
 /// How many watched rwsems a task holds (as far as seen), in slot `tid % TASK_SLOTS` tagged
@@ -86,6 +86,22 @@ const NO_HOLD: Held = Held { tid: 0, n: 0, classes: 0, kept_sem: 0, kept_class: 
 #[map]
 static TASK_HELD: Array<Held> = Array::with_max_entries(TASK_SLOTS, 0);
 
+/// The current task and its TASK_HELD slot (whoever it is tagged with), looked up once per
+/// hook hit and handed to every step of it: a lock-order acquisition in a default run looked
+/// the slot up (and read the tid) three times, in chain_stack_id, keep_acquire and held_add.
+#[derive(Clone, Copy)]
+struct Me {
+    tid: u32,
+    slot: *mut Held,
+}
+
+/// None only if the array lookup fails, which an index below TASK_SLOTS never does.
+#[inline(always)]
+fn me() -> Option<Me> {
+    let tid = tid();
+    TASK_HELD.get_ptr_mut(tid % TASK_SLOTS).map(|slot| Me { tid, slot })
+}
+
 /// Whether the current task holds a watched rwsem.
 #[inline(always)]
 pub fn holds_watched() -> bool {
@@ -102,9 +118,8 @@ fn class_bit(class: u64, write: bool) -> u64 {
 }
 
 #[inline(always)]
-fn held_add(up: bool, class: u64, write: bool) {
-    let t = tid();
-    let Some(h) = TASK_HELD.get_ptr_mut(t % TASK_SLOTS) else { return };
+fn held_add(me: &Me, up: bool, class: u64, write: bool) {
+    let (t, h) = (me.tid, me.slot);
     let bit = class_bit(class, write);
     // SAFETY: a valid map value; its count is only changed by the task it is tagged with.
     unsafe {
@@ -153,18 +168,18 @@ const CHAIN_STACK_EVERY_NS: u64 = 1_000_000_000;
 /// `Err(now)` where the chain was stacked within the second: no stack, and the acquisition
 /// may be kept back ([`keep_acquire`]).
 #[inline(always)]
-fn chain_stack_id<C: StackIdContext>(ctx: &C, class: u64, write: bool, trylock: bool, vma_read: bool) -> Result<i32, u64> {
+fn chain_stack_id<C: StackIdContext>(ctx: &C, me: &Me, class: u64, write: bool, trylock: bool, vma_read: bool) -> Result<i32, u64> {
     if !default_run() {
         return Ok(stack_id(ctx));
     }
-    let t = tid();
-    let held = match TASK_HELD.get(t % TASK_SLOTS) {
-        Some(h) if h.tid == t => h.classes,
-        Some(h) if h.n == 0 => 0,
+    // SAFETY: a valid map value (read only).
+    let held = match unsafe { &*me.slot } {
+        h if h.tid == me.tid => h.classes,
+        h if h.n == 0 => 0,
         // Another task has the slot: this task's holds are not counted (so for both slots).
         _ => return Ok(stack_id(ctx)),
     };
-    let Some(mmap) = crate::fold::held_summary(t) else { return Ok(stack_id(ctx)) };
+    let Some(mmap) = crate::fold::held_summary(me.tid) else { return Ok(stack_id(ctx)) };
     let taken = (class as u32 & 0xff) | (write as u32) << 8 | (trylock as u32) << 9 | (vma_read as u32) << 10;
     let key = ChainKey { held, mmap, taken };
     // SAFETY: a helper without arguments.
@@ -190,9 +205,8 @@ fn chain_stack_id<C: StackIdContext>(ctx: &C, class: u64, write: bool, trylock: 
 /// task sends first sends it ahead ([`take_kept`], from emit.rs). One per task, in its
 /// TASK_HELD slot (taken if free, as `held_add` would). True if kept.
 #[inline(always)]
-fn keep_acquire(sem: u64, class: u64, flags: u16, now: u64) -> bool {
-    let t = tid();
-    let Some(h) = TASK_HELD.get_ptr_mut(t % TASK_SLOTS) else { return false };
+fn keep_acquire(me: &Me, sem: u64, class: u64, flags: u16, now: u64) -> bool {
+    let (t, h) = (me.tid, me.slot);
     // SAFETY: a valid map value, written only by the task it is tagged with (or taken free).
     unsafe {
         if (*h).tid != t {
@@ -216,9 +230,8 @@ fn keep_acquire(sem: u64, class: u64, flags: u16, now: u64) -> bool {
 
 /// The release of the kept acquisition of `sem`: its class if there was one (neither is sent).
 #[inline(always)]
-fn drop_kept(sem: u64) -> Option<u64> {
-    let t = tid();
-    let h = TASK_HELD.get_ptr_mut(t % TASK_SLOTS)?;
+fn drop_kept(me: &Me, sem: u64) -> Option<u64> {
+    let (t, h) = (me.tid, me.slot);
     // SAFETY: as in keep_acquire.
     let class = unsafe {
         if (*h).tid != t || (*h).kept_sem != sem || sem == 0 {
@@ -364,12 +377,10 @@ fn order_class_of(sem: u64) -> Option<u64> {
     class_of(sem).filter(|c| *c != lock_class::VMA_WRITE)
 }
 
-/// Sends a lock event; true if a default run kept the acquisition back instead.
+/// Sends a lock event of the current, traced task `me`; true if a default run kept the
+/// acquisition back instead.
 #[inline(always)]
-fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, write: bool, success: bool, trylock: bool) -> bool {
-    if !traced() {
-        return false;
-    }
+fn send<C: EbpfContext + StackIdContext>(ctx: &C, me: &Me, k: u16, sem: u64, class: u64, write: bool, success: bool, trylock: bool) -> bool {
     let mut facts = if trylock { fact::TRYLOCK } else { 0 };
     // A per-VMA read lock held under the acquire is the vma_lock side of an edge.
     let held = if k == kind::LOCK_ACQUIRE { trusted_vma_read(ctx) } else { None };
@@ -387,10 +398,10 @@ fn send<C: EbpfContext + StackIdContext>(ctx: &C, k: u16, sem: u64, class: u64, 
     // Only an acquire's stack is ever shown (a lock-order edge's two sides); a release is never
     // a verdict, and a stack walk is the dearest part of an event under TCG.
     let stack_id = if k == kind::LOCK_ACQUIRE {
-        match chain_stack_id(ctx, class, write, trylock, held.is_some()) {
+        match chain_stack_id(ctx, me, class, write, trylock, held.is_some()) {
             Ok(id) => id,
             Err(now) => {
-                if success && !trylock && held.is_none() && keep_acquire(sem, class, flags, now) {
+                if success && !trylock && held.is_none() && keep_acquire(me, sem, class, flags, now) {
                     return true;
                 }
                 -1
@@ -431,12 +442,13 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
             }
             return;
         }
+        let Some(me) = me() else { return };
         // The chain key is of what was held before this one.
-        let kept = send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
-        held_add(true, class, WRITE);
+        let kept = send(ctx, &me, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
+        held_add(&me, true, class, WRITE);
         // A kept one is remembered in the slot, and here once sent (take_kept).
         if !kept {
-            let _ = HELD_AS.insert(&held_key(sem), &class, 0);
+            let _ = HELD_AS.insert(&held_key(&me, sem), &class, 0);
         }
     }
 }
@@ -448,13 +460,14 @@ fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
         return;
     }
     let sem = ctx.arg_u64(0);
-    if let Some(class) = drop_kept(sem) {
-        held_add(false, class, WRITE);
+    let Some(me) = me() else { return };
+    if let Some(class) = drop_kept(&me, sem) {
+        held_add(&me, false, class, WRITE);
         return;
     }
     // The class it was taken as, if this task took it; else what the address is known as now
     // (a release by another task than the one that took it: up_read_non_owner).
-    let key = held_key(sem);
+    let key = held_key(&me, sem);
     let class = match unsafe { HELD_AS.get(&key) }.copied() {
         Some(c) => {
             let _ = HELD_AS.remove(&key);
@@ -463,8 +476,8 @@ fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
         None => order_class_of(sem),
     };
     if let Some(class) = class {
-        held_add(false, class, WRITE);
-        send(ctx, kind::LOCK_RELEASE, sem, class, WRITE, true, false);
+        held_add(&me, false, class, WRITE);
+        send(ctx, &me, kind::LOCK_RELEASE, sem, class, WRITE, true, false);
     }
 }
 
@@ -504,18 +517,19 @@ pub fn on_trylock_entry(sem: u64) {
 /// watched or not, would otherwise report that old rwsem as taken: a hold nothing releases.
 #[inline(always)]
 fn on_trylock_return<C: EbpfContext + StackIdContext, const WRITE: bool>(ctx: &C, ret: u64, arg: Option<u64>) {
-    let t = tid();
-    let Some(sem) = (unsafe { TRY_PENDING.get(&t) }).copied() else { return };
-    let _ = TRY_PENDING.remove(&t);
+    let Some(me) = me() else { return };
+    let Some(sem) = (unsafe { TRY_PENDING.get(&me.tid) }).copied() else { return };
+    let _ = TRY_PENDING.remove(&me.tid);
     if arg.is_some_and(|a| a != sem) {
         return;
     }
     if let Some(class) = class_of(sem) {
         let success = ret as u32 == 1;
-        send(ctx, kind::LOCK_ACQUIRE, sem, class, WRITE, success, true);
+        // The entry stashed it only for a traced task.
+        send(ctx, &me, kind::LOCK_ACQUIRE, sem, class, WRITE, success, true);
         if success {
-            held_add(true, class, WRITE);
-            let _ = HELD_AS.insert(&held_key(sem), &class, 0);
+            held_add(&me, true, class, WRITE);
+            let _ = HELD_AS.insert(&held_key(&me, sem), &class, 0);
         }
     }
 }
