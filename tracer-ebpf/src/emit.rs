@@ -245,13 +245,16 @@ fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body
         return;
     }
     let lock_event = kind == tracer_common::kind::MMAP_ACQUIRED || kind == tracer_common::kind::MMAP_RELEASED;
+    let acquire = kind == tracer_common::kind::MMAP_ACQUIRED;
     // Default runs: balanced mmap_lock pairs stay in the kernel (crate::fold).
-    let slot = if cfg.fold != 0 {
-        let acquire = kind == tracer_common::kind::MMAP_ACQUIRED;
-        fold::slot(pid_tgid as u32, acquire && flags & flag::SUCCESS != 0)
-    } else {
-        None
-    };
+    let slot = if cfg.fold != 0 { fold::slot(pid_tgid as u32, acquire && flags & flag::SUCCESS != 0) } else { None };
+    // `record` and `--all-events` fold nothing, but follow the task's holds in its slot too
+    // (fold::holds_sent: which page walks go without their stack).
+    if cfg.fold == 0 && lock_event {
+        if let Some(s) = fold::slot(pid_tgid as u32, acquire && flags & flag::SUCCESS != 0) {
+            s.sent(acquire, body.mm, flags);
+        }
+    }
     let mut at = None;
     // Read once: a kept acquire sent ahead of this event is the same task's.
     let mut task_new = None;
@@ -261,7 +264,7 @@ fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body
             return;
         }
         let plain_acquire =
-            kind == tracer_common::kind::MMAP_ACQUIRED && flags & flag::SUCCESS != 0 && body.facts == 0 && !needed;
+            acquire && flags & flag::SUCCESS != 0 && body.facts == 0 && !needed;
         // Before the kept acquire is sent: a downgrade of it is kept with it.
         if plain_acquire && flags & flag::WRITE == 0 && slot.keep_downgrade(body.mm) {
             return;
@@ -285,7 +288,7 @@ fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body
             return;
         }
         if lock_event {
-            slot.sent(kind == tracer_common::kind::MMAP_ACQUIRED, body.mm, flags);
+            slot.sent(acquire, body.mm, flags);
         }
         // Stamped here so that the slot knows it: see `SlotRef::sent_at`.
         // SAFETY: helpers without arguments.

@@ -50,9 +50,12 @@ pub struct Slot {
     /// The time of the last event the task sent: a kept acquire sent later is never stamped
     /// before it (its tick-old time could be, when another task refreshed this CPU's tick).
     last_ts: u64,
+    /// The mm of the task's outermost hold sent (0 = none): set by an acquire while it is 0,
+    /// cleared by that mm's release. Followed in every run, for [`holds_sent`].
+    held_mm: u64,
 }
 
-const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, tid: 0, write_mm: 0, known_mm: 0, last_ts: 0 };
+const FRESH: Slot = Slot { pend_mm: 0, pend_ts: 0, pend_cpu: 0, pend_flags: 0, down_ts: 0, down_cpu: 0, _pad2: 0, depth: 0, tid: 0, write_mm: 0, known_mm: 0, last_ts: 0, held_mm: 0 };
 
 /// The slot of task `tid` is `tid % TASK_SLOTS`, tagged with the tid, and freed at the task's exit.
 /// An array, not a hash map: every mmap_lock acquire and release looks it up, and the verifier
@@ -211,7 +214,8 @@ impl SlotRef {
         true
     }
 
-    /// Keeps `depth` in step with what userspace was sent: an acquire or a release.
+    /// Keeps `depth` in step with what userspace was sent: an acquire or a release. (Called in
+    /// every run: `record` and `--all-events` follow `held_mm` only.)
     #[inline(always)]
     pub fn sent(&self, acquire: bool, mm: u64, flags: u16) {
         if acquire && flags & flag::SUCCESS == 0 {
@@ -220,6 +224,11 @@ impl SlotRef {
         let s = self.0;
         let write = flags & flag::WRITE != 0;
         unsafe {
+            if acquire && (*s).held_mm == 0 {
+                (*s).held_mm = mm;
+            } else if !acquire && (*s).held_mm == mm {
+                (*s).held_mm = 0;
+            }
             if acquire {
                 (*s).known_mm = mm;
                 if write {
@@ -247,6 +256,17 @@ impl SlotRef {
 pub fn holds_kept(mm: u64) -> bool {
     // SAFETY: a valid map value, touched only by its own task.
     mm != 0 && slot(tid(), false).is_some_and(|s| unsafe { (*s.0).pend_mm } == mm)
+}
+
+/// The current task holds `mm`'s mmap_lock through a hold sent to userspace, as far as its
+/// slot knows: what says a `PGWALK_RDLOCK` walk inside a read hold already sent is legal, so
+/// that it goes without its stack (vma.rs). Not enough to keep the walk back: a release by
+/// another task (mmap_read_unlock_non_owner) leaves `held_mm` set, and that must cost at most
+/// a stack, never a verdict.
+#[inline(always)]
+pub fn holds_sent(mm: u64) -> bool {
+    // SAFETY: a valid map value, touched only by its own task.
+    mm != 0 && slot(tid(), false).is_some_and(|s| unsafe { (*s.0).held_mm } == mm)
 }
 
 /// The mmap_lock holds of task `tid` (the current one), as far as its slot knows, for

@@ -247,6 +247,18 @@ fn unlocked_known(facts: u32) -> bool {
     facts & (fact::VMA_KNOWN | fact::VMA_WRITE_LOCKED) == fact::VMA_KNOWN
 }
 
+/// The current task is known to hold the VMA's mm's mmap_lock for write.
+#[inline(always)]
+fn writer_is_current(facts: u32) -> bool {
+    facts & (fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT) == fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT
+}
+
+/// The mm's mmap_lock is held by someone, or its state could not be read.
+#[inline(always)]
+fn mmap_locked_or_unknown(facts: u32) -> bool {
+    facts & fact::MMAP_KNOWN == 0 || facts & fact::MMAP_LOCKED != 0
+}
+
 /// The stack of an event that is no lock acquisition (no lock-order witness): walked only when
 /// its facts leave it `judged`, a possible verdict, since no verdict shows a legal one's (in
 /// `record` and `--all-events`, which send those too, the walk was most of their cost).
@@ -297,7 +309,7 @@ pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64) {
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     // Legal: this task holds the mmap_lock for write (vma-write-needs-mmap-write). It is still
     // sent under a watched rwsem, where it is the taken side of a lock-order edge.
-    let legal = facts & (fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT) == fact::MMAP_KNOWN | fact::MMAP_WRITER_IS_CURRENT;
+    let legal = writer_is_current(facts);
     let stack_id = if legal && !under_watched_lock() {
         if keep_legal(kind::VMA_WRITE_LOCK) {
             return;
@@ -345,10 +357,15 @@ fn on_walk<C: Args, const OPS: usize, const SITE: u64>(ctx: &C) {
     let w = walk_lock_of(ctx.arg_u64(OPS));
     // Every /proc/PID/smaps read walks each VMA: a default run kept none of them and sent each
     // with its stack, which under TCG cost as much as the read itself.
-    if walk_legal(SITE, mm, vma, w, facts) && keep_legal(kind::PAGEWALK) {
+    let legal = walk_legal(SITE, mm, vma, w, facts);
+    if legal && keep_legal(kind::PAGEWALK) {
         return;
     }
-    let body = Body { mm, vma, args: [w, SITE, 0], facts, stack_id: stack_id(ctx) };
+    // Sent: `record` and `--all-events` send every walk, a default run one only the model's
+    // view of the task's holds can judge. A PGWALK_RDLOCK walk inside a hold the task's slot
+    // saw sent is legal too (the smaps read's own mmap_read_lock), and goes without its stack.
+    let rd_in_sent_hold = w == walk_lock::RDLOCK && mmap_locked_or_unknown(facts) && crate::fold::holds_sent(mm);
+    let body = Body { mm, vma, args: [w, SITE, 0], facts, stack_id: verdict_stack_id(ctx, !(legal || rd_in_sent_hold)) };
     emit_body(ctx, kind::PAGEWALK, 0, &body);
 }
 
@@ -362,10 +379,10 @@ fn walk_legal(site_id: u64, mm: u64, vma: u64, w: u64, facts: u32) -> bool {
         return true;
     }
     let has = |f: u32| facts & f != 0;
-    let writer_is_me = has(fact::MMAP_KNOWN) && has(fact::MMAP_WRITER_IS_CURRENT);
-    let vma_unlocked = vma != 0 && has(fact::VMA_KNOWN) && !has(fact::VMA_WRITE_LOCKED);
+    let writer_is_me = writer_is_current(facts);
+    let vma_unlocked = vma != 0 && unlocked_known(facts);
     match w {
-        walk_lock::RDLOCK => writer_is_me || ((!has(fact::MMAP_KNOWN) || has(fact::MMAP_LOCKED)) && crate::fold::holds_kept(mm)),
+        walk_lock::RDLOCK => writer_is_me || (mmap_locked_or_unknown(facts) && crate::fold::holds_kept(mm)),
         walk_lock::WRLOCK => writer_is_me,
         walk_lock::WRLOCK_VERIFY => writer_is_me && !vma_unlocked,
         walk_lock::VMA_RDLOCK_VERIFY => !(vma_unlocked && has(fact::VMA_READ_KNOWN) && !has(fact::VMA_READ_LOCKED)),
@@ -417,11 +434,16 @@ fn on_walk_step<C: Args>(ctx: &C) {
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     let w = walk_lock_of(ops);
     // pagewalk-vma-write judges only a write-lock walk's step onto a VMA known unlocked.
-    let judged = matches!(w, walk_lock::WRLOCK | walk_lock::WRLOCK_VERIFY) && facts & (fact::VMA_KNOWN | fact::VMA_WRITE_LOCKED) == fact::VMA_KNOWN;
+    let judged = matches!(w, walk_lock::WRLOCK | walk_lock::WRLOCK_VERIFY) && unlocked_known(facts);
     if !judged && keep_legal(kind::PAGEWALK_VMA) {
         return;
     }
-    let body = Body { mm, vma, args: [w, 0, 0], facts, stack_id: stack_id(ctx) };
+    // `record` and `--all-events` send every step, but walk the stack only of a judged one or
+    // of a step onto an unlocked VMA under the task's own mmap write lock, which no rule judges
+    // but which is how a walk fails to write-lock what it visits (seed item 1, mbind's
+    // PGWALK_RDLOCK walk): a /proc/PID/smaps read's steps go without.
+    let stack_id = verdict_stack_id(ctx, judged || (writer_is_current(facts) && unlocked_known(facts)));
+    let body = Body { mm, vma, args: [w, 0, 0], facts, stack_id };
     emit_body(ctx, kind::PAGEWALK_VMA, 0, &body);
 }
 

@@ -334,6 +334,44 @@ fn default_run_drops_repeated_rwsem_pairs_and_learns_the_edges_a_recording_does(
     eprintln!("{dropped} pairs dropped; both learned {by_run:?}");
 }
 
+/// Every /proc/self/smaps read walks each VMA, under the reader's own mmap_read_lock
+/// (PGWALK_RDLOCK) or, on 7.x, its per-VMA read lock (PGWALK_VMA_RDLOCK_VERIFY). A recording
+/// sends each walk and step, but walks the kernel stack only of one a verdict could show
+/// (vma.rs verdict_stack_id): under TCG the stacks were most of a recording's cost on this
+/// load. The walks must still all be there.
+#[test]
+fn recording_sends_legal_page_walks_without_their_stacks() {
+    let test = "recording_sends_legal_page_walks_without_their_stacks";
+    if !can_trace(test) {
+        return;
+    }
+    let _g = serial();
+    let (_d, trace) = tmp("smaps.jsonl");
+    let cmd = format!("{} smaps --seconds 0.5", bench_load());
+    let out = run(&["record", "-o", trace.to_str().unwrap(), "-c", &cmd]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hooks = stderr.lines().find(|l| l.contains("function hooks:")).unwrap_or_else(|| panic!("no function hooks line: {stderr}"));
+    if !hooks.contains("walk_page_vma") || !hooks.contains("__walk_page_range") {
+        skip(test, "walk_page_vma or __walk_page_range is not hooked on this kernel (fentry refused, no kprobes)");
+        return;
+    }
+    let lines = lines(&trace);
+    let evs = events(&lines);
+    let of = |kind: &str| -> Vec<&Value> { evs.iter().copied().filter(|e| e["kind"] == kind).collect() };
+    let (walks, steps) = (of("page_walk"), of("page_walk_vma"));
+    let mut locks: std::collections::BTreeMap<String, usize> = Default::default();
+    for w in &walks {
+        *locks.entry(w["walk_lock"].to_string()).or_default() += 1;
+    }
+    assert!(walks.len() > 100 && steps.len() > 100, "smaps reads sent {} walks and {} steps", walks.len(), steps.len());
+    let stacked = |v: &[&Value]| v.iter().filter(|e| !e["stack"].is_null()).count();
+    assert_eq!(stacked(&walks), 0, "a legal walk walked its stack (walk_lock of the walks: {locks:?})");
+    assert_eq!(stacked(&steps), 0, "a legal walk step walked its stack (walk_lock of the walks: {locks:?})");
+    assert!(stderr.contains("violations: 0"), "{stderr}");
+    eprintln!("{} walks ({locks:?}) and {} steps sent, none with a stack", walks.len(), steps.len());
+}
+
 /// A default run folds a pair whole or not at all, and a clean workload stays clean. (That a
 /// leaked or unheld lock is still reported needs the test module: module_modes.rs,
 /// balance_verdicts_survive_folding_in_a_default_run.)
