@@ -235,7 +235,11 @@ fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body
     let Some(cfg) = CONFIG.get(0) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !passes(cfg, tgid) {
+    // Read once, when first needed: by the --comm filter, or by the first event sent (a kept
+    // acquire sent ahead of this one is the same task's).
+    let mut comm_read = None;
+    let mut comm = || *comm_read.get_or_insert_with(|| bpf_get_current_comm().unwrap_or([0; 16]));
+    if !passes_as(cfg, tgid, &mut comm) {
         return;
     }
     bump(counter::SEEN_BASE + kind as u32, 1);
@@ -275,7 +279,7 @@ fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body
                 kflags |= flag::TASK_NEW;
             }
             let kept = Body { mm: k.mm, stack_id: -1, ..Default::default() };
-            let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            let comm = comm();
             submit_at(tracer_common::kind::MMAP_ACQUIRED, kflags, &kept, pid_tgid as u32, tgid, comm, Some((k.ts_ns, k.cpu)));
             slot.sent(true, k.mm, k.flags);
             if let Some(at) = k.downgrade {
@@ -303,13 +307,13 @@ fn emit_body_if<C: EbpfContext>(_ctx: &C, kind: u16, mut flags: u16, body: &Body
         if let Some(k) = crate::locks::take_kept(pid_tgid as u32) {
             let kflags = if is_new() { k.flags | flag::TASK_NEW } else { k.flags };
             let kept = Body { args: [k.sem, k.class, 0], stack_id: -1, ..Default::default() };
-            submit_at(tracer_common::kind::LOCK_ACQUIRE, kflags, &kept, pid_tgid as u32, tgid, bpf_get_current_comm().unwrap_or([0; 16]), Some((k.ts_ns, k.cpu)));
+            submit_at(tracer_common::kind::LOCK_ACQUIRE, kflags, &kept, pid_tgid as u32, tgid, comm(), Some((k.ts_ns, k.cpu)));
         }
     }
     if is_new() {
         flags |= flag::TASK_NEW;
     }
-    submit_at(kind, flags, body, pid_tgid as u32, tgid, bpf_get_current_comm().unwrap_or([0; 16]), at);
+    submit_at(kind, flags, body, pid_tgid as u32, tgid, comm(), at);
 }
 
 /// Sends an event about another task (the VMA snapshot names the VMA's owner); `tgid` is
