@@ -262,12 +262,9 @@ mod tests {
         Run { bench: "fault".into(), config, repeat: 0, ops_per_s, events_received: None, lost_events: None, tracer_secs: None }
     }
 
-    /// A missed target says how much of the cost the hooks alone account for, when the floor
-    /// configuration ran.
-    #[test]
-    fn a_missed_target_names_the_cost_of_the_hooks_alone() {
-        let runs = [run(Config::Base, 100.0), run(Config::Default, 80.0), run(Config::Base, 100.0), run(Config::HooksOnly, 90.0)];
-        let r = Report {
+    /// A report of `runs` on the fault bench with rows for `configs`, and nothing else.
+    fn report(runs: &[Run], configs: &[Config]) -> Report {
+        Report {
             hooks: String::new(),
             started: String::new(),
             machine: String::new(),
@@ -275,13 +272,21 @@ mod tests {
             repeats: 1,
             seconds: 1.0,
             load: Vec::new(),
-            rows: rows(&runs, &["fault".into()], &[Config::Default, Config::HooksOnly]),
+            rows: rows(runs, &["fault".into()], configs),
             runs: runs.to_vec(),
             profiles: Vec::new(),
             replays: Vec::new(),
             rss: None,
             dashboard: Vec::new(),
-        };
+        }
+    }
+
+    /// A missed target says how much of the cost the hooks alone account for, when the floor
+    /// configuration ran.
+    #[test]
+    fn a_missed_target_names_the_cost_of_the_hooks_alone() {
+        let runs = [run(Config::Base, 100.0), run(Config::Default, 80.0), run(Config::Base, 100.0), run(Config::HooksOnly, 90.0)];
+        let r = report(&runs, &[Config::Default, Config::HooksOnly]);
         let t = targets(&r);
         assert!(t.contains("- MISSED default probes ≤ 5% on the page-fault loop: cost 20.0% (ratios 0.80–0.80); the hooks alone (hooks-only) cost 10.0%"), "{t}");
         assert!(t.contains("- NOT MEASURED default probes ≤ 15% on mmap/munmap"), "{t}");
@@ -299,28 +304,13 @@ mod tests {
             run(Config::Base, 100.0),
             run(Config::BpftraceStream, 30.0),
         ];
-        let report = |configs: &[Config]| Report {
-            hooks: String::new(),
-            started: String::new(),
-            machine: String::new(),
-            command: String::new(),
-            repeats: 1,
-            seconds: 1.0,
-            load: Vec::new(),
-            rows: rows(&runs, &["fault".into()], configs),
-            runs: runs.to_vec(),
-            profiles: Vec::new(),
-            replays: Vec::new(),
-            rss: None,
-            dashboard: Vec::new(),
-        };
-        let t = targets(&report(&[Config::AllEvents, Config::Bpftrace, Config::BpftraceStream]));
+        let t = targets(&report(&runs, &[Config::AllEvents, Config::Bpftrace, Config::BpftraceStream]));
         assert!(t.contains("- MISSED every probe cheaper than bpftrace on `fault`: every-probe cost 50.0% (ratios 0.50–0.50) vs bpftrace 20.0%"), "{t}");
         assert!(
             t.contains("- MET every probe cheaper than bpftrace streaming every hit (bpftrace-stream) on `fault`: every-probe cost 50.0% (ratios 0.50–0.50) vs bpftrace-stream 70.0%"),
             "{t}"
         );
-        let t = targets(&report(&[Config::AllEvents, Config::Bpftrace]));
+        let t = targets(&report(&runs, &[Config::AllEvents, Config::Bpftrace]));
         assert!(t.contains("- MISSED every probe cheaper than bpftrace on `fault`"), "{t}");
         assert!(!t.contains("bpftrace-stream"), "{t}");
     }
