@@ -15,8 +15,8 @@ use tracer_common::{counter, fact, flag, kind, layout, lock_class};
 
 use crate::{
     task::TASK_SLOTS,
-    emit::{Body, default_run, emit_body, stack_id, traced},
-    kernel::{layout, read},
+    emit::{Body, default_run, emit_body, stack_id, traced, traced_tid},
+    kernel::{layout, read, read_two},
     vma::{Args, trusted_vma_read},
 };
 
@@ -95,17 +95,22 @@ struct Me {
     slot: *mut Held,
 }
 
-/// None only if the array lookup fails, which an index below TASK_SLOTS never does.
+/// The current task, whose `tid` the caller read (with the filter: emit::traced_tid), and its
+/// slot. None only if the array lookup fails, which an index below TASK_SLOTS never does.
 #[inline(always)]
-fn me() -> Option<Me> {
-    let tid = tid();
+fn me_of(tid: u32) -> Option<Me> {
     TASK_HELD.get_ptr_mut(tid % TASK_SLOTS).map(|slot| Me { tid, slot })
 }
 
 /// Whether the current task holds a watched rwsem.
 #[inline(always)]
 pub fn holds_watched() -> bool {
-    let t = tid();
+    holds_watched_by(tid())
+}
+
+/// [`holds_watched`] for the current task, its tid `t` read already.
+#[inline(always)]
+pub fn holds_watched_by(t: u32) -> bool {
     TASK_HELD.get(t % TASK_SLOTS).is_some_and(|h| h.tid == t && h.n > 0)
 }
 
@@ -320,7 +325,13 @@ pub fn learn_key(vma: u64) -> LearnKey {
     let l = layout();
     let field = |bit: u32, off: u32| if vma != 0 && l.known & bit != 0 { read::<u64>(vma, off).unwrap_or(0) } else { 0 };
     let vm_lock = if VM_LOCK_WRITES.load() != 0 { field(layout::VMA_VM_LOCK, l.vma_vm_lock) } else { 0 };
-    LearnKey { vma, vm_lock, file: field(layout::LOCK_FILE, l.vma_file), anon: field(layout::LOCK_ANON, l.vma_anon_vma) }
+    let (file, anon) = if vma != 0 && l.known & (layout::LOCK_FILE | layout::LOCK_ANON) == layout::LOCK_FILE | layout::LOCK_ANON {
+        let (f, a) = read_two(vma, l.vma_file, l.vma_anon_vma);
+        (f.unwrap_or(0), a.unwrap_or(0))
+    } else {
+        (field(layout::LOCK_FILE, l.vma_file), field(layout::LOCK_ANON, l.vma_anon_vma))
+    };
+    LearnKey { vma, vm_lock, file, anon }
 }
 
 #[inline(always)]
@@ -420,9 +431,7 @@ fn send<C: EbpfContext + StackIdContext>(ctx: &C, me: &Me, k: u16, sem: u64, cla
 fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
     // Every down_read/down_write in the kernel comes here: under -p/-c another process's
     // task pays the filter check only, not the hash lookup.
-    if !traced() {
-        return;
-    }
+    let Some(t) = traced_tid() else { return };
     let sem = ctx.arg_u64(0);
     if let Some(class) = class_of(sem) {
         if class == lock_class::VMA_WRITE {
@@ -433,7 +442,7 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
                     let l = layout();
                     let lock = read::<u64>(vma, l.vma_vm_lock);
                     if lock.is_some_and(|p| p != 0 && p + l.vma_lock_rwsem as u64 == sem) {
-                        crate::vma::vma_write_locking(ctx, vma);
+                        crate::vma::vma_write_locking(ctx, vma, t);
                     } else {
                         let _ = VM_LOCK_VMA.remove(&sem);
                         let _ = LOCK_CLASS.remove(&sem);
@@ -442,7 +451,7 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
             }
             return;
         }
-        let Some(me) = me() else { return };
+        let Some(me) = me_of(t) else { return };
         // The chain key is of what was held before this one.
         let kept = send(ctx, &me, kind::LOCK_ACQUIRE, sem, class, WRITE, true, false);
         held_add(&me, true, class, WRITE);
@@ -456,11 +465,9 @@ fn on_down<C: Args, const WRITE: bool>(ctx: &C) {
 #[inline(always)]
 fn on_up<C: Args, const WRITE: bool>(ctx: &C) {
     // Every up_read/up_write in the kernel comes here: an untraced task pays one check only.
-    if !traced() {
-        return;
-    }
+    let Some(t) = traced_tid() else { return };
     let sem = ctx.arg_u64(0);
-    let Some(me) = me() else { return };
+    let Some(me) = me_of(t) else { return };
     if let Some(class) = drop_kept(&me, sem) {
         held_add(&me, false, class, WRITE);
         return;
@@ -517,12 +524,15 @@ pub fn on_trylock_entry(sem: u64) {
 /// watched or not, would otherwise report that old rwsem as taken: a hold nothing releases.
 #[inline(always)]
 fn on_trylock_return<C: EbpfContext + StackIdContext, const WRITE: bool>(ctx: &C, ret: u64, arg: Option<u64>) {
-    let Some(me) = me() else { return };
-    let Some(sem) = (unsafe { TRY_PENDING.get(&me.tid) }).copied() else { return };
-    let _ = TRY_PENDING.remove(&me.tid);
+    // Every trylock return in the kernel comes here: only one whose entry stashed a watched
+    // rwsem goes on to the task's slot.
+    let t = tid();
+    let Some(sem) = (unsafe { TRY_PENDING.get(&t) }).copied() else { return };
+    let _ = TRY_PENDING.remove(&t);
     if arg.is_some_and(|a| a != sem) {
         return;
     }
+    let Some(me) = me_of(t) else { return };
     if let Some(class) = class_of(sem) {
         let success = ret as u32 == 1;
         // The entry stashed it only for a traced task.

@@ -18,7 +18,7 @@ use tracer_common::{counter, fact, kind, layout, prepare_role, site, walk_lock};
 
 use crate::{
     task::TASK_SLOTS,
-    emit::{Body, count, emit_body, keep_legal, stack_id, traced, witness_stack_id},
+    emit::{Body, count, emit_body, keep_legal, stack_id, traced, traced_tid, witness_stack_id},
     kernel::{layout, mmap_facts, read, vma_facts, vma_mm, vma_readers},
     locks::{LearnKey, learn, learn_from, learn_key, on_trylock_entry},
 };
@@ -72,7 +72,13 @@ fn learn_in(slot: *mut Hold, vma: u64) {
 /// [`learn_in`] the current task's slot.
 #[inline(always)]
 fn learn_for_task(vma: u64) {
-    match task_slot(tid()) {
+    learn_for(tid(), vma)
+}
+
+/// [`learn_in`] the slot of task `t` (the current task, its tid read already).
+#[inline(always)]
+fn learn_for(t: u32, vma: u64) {
+    match task_slot(t) {
         Some(slot) => learn_in(slot, vma),
         None => learn(vma),
     }
@@ -269,8 +275,8 @@ fn verdict_stack_id<C: StackIdContext>(ctx: &C, judged: bool) -> i32 {
 
 /// The task holds an rwsem lock-order watches: a lock taken now is the end of an edge.
 #[inline(always)]
-fn under_watched_lock() -> bool {
-    crate::emit::watching() & tracer_common::watch::LOCKS != 0 && crate::locks::holds_watched()
+fn under_watched_lock(t: u32) -> bool {
+    crate::emit::watching() & tracer_common::watch::LOCKS != 0 && crate::locks::holds_watched_by(t)
 }
 
 /// A kernel pointer return that is neither NULL nor an ERR_PTR.
@@ -293,24 +299,23 @@ fn walk_lock_of(ops: u64) -> u64 {
 
 #[inline(always)]
 fn on_vma_start_write<C: Args>(ctx: &C) {
-    if !traced() {
-        return;
-    }
-    vma_write_locking(ctx, ctx.arg_u64(0));
+    let Some(t) = traced_tid() else { return };
+    vma_write_locking(ctx, ctx.arg_u64(0), t);
 }
 
 /// `vma` is being write-locked by the current task (at __vma_start_write, or at the down_write
-/// of its vm_lock where vma_start_write is inline): the lock state the rule needs, with the stack.
+/// of its vm_lock where vma_start_write is inline), whose tid is `t`: the lock state the rule
+/// needs, with the stack.
 #[inline(always)]
-pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64) {
+pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, t: u32) {
     let l = layout();
-    learn_for_task(vma);
+    learn_for(t, vma);
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
     // Legal: this task holds the mmap_lock for write (vma-write-needs-mmap-write). It is still
     // sent under a watched rwsem, where it is the taken side of a lock-order edge.
     let legal = writer_is_current(facts);
-    let stack_id = if legal && !under_watched_lock() {
+    let stack_id = if legal && !under_watched_lock(t) {
         if keep_legal(kind::VMA_WRITE_LOCK) {
             return;
         }
@@ -579,11 +584,11 @@ pub fn ksm_add_vma_kprobe(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_vma_read_locked(vma: u64) {
-    if !valid_ptr(vma) || !traced() {
+    if !valid_ptr(vma) {
         return;
     }
+    let Some(t) = traced_tid() else { return };
     count(counter::VMA_READ_TAKEN);
-    let t = tid();
     let Some(slot) = task_slot(t) else { return };
     learn_in(slot, vma);
     // A hold this task still had was released unseen: it cannot hold two at once here. A
@@ -596,7 +601,9 @@ fn on_vma_read_locked(vma: u64) {
             (*v).believed += 1;
             // Every hold on the VMA right now is a reader of it, ours included: believing more
             // holds than that means some are stale. Start a new generation counting the real ones.
-            if let Some(readers) = vma_readers(&layout(), vma) {
+            // Believing one (ours) can never be more than the readers: the read is skipped, as
+            // it is on most faults.
+            if let Some(readers) = if (*v).believed > 1 { vma_readers(&layout(), vma) } else { None } {
                 if readers > 0 && u64::from(readers) < (*v).believed {
                     (*v).believed = u64::from(readers);
                     (*v).generation += 1;
@@ -619,7 +626,12 @@ fn on_vma_read_locked(vma: u64) {
 /// The current task's hold, if it has one.
 #[inline(always)]
 fn current_hold() -> Option<*mut Hold> {
-    let t = tid();
+    hold_of(tid())
+}
+
+/// The hold of task `t` (the current task, its tid read already), if it has one.
+#[inline(always)]
+fn hold_of(t: u32) -> Option<*mut Hold> {
     task_slot(t).filter(|h| unsafe { (**h).tid == t && (**h).vma != 0 })
 }
 
@@ -695,8 +707,8 @@ static IN_DROP_THEN_LOCK: Array<u32> = Array::with_max_entries(TASK_SLOTS, 0);
 
 #[inline(always)]
 fn drop_then_lock_enter() {
-    if traced() {
-        if let Some(n) = IN_DROP_THEN_LOCK.get_ptr_mut(tid() % TASK_SLOTS) {
+    if let Some(t) = traced_tid() {
+        if let Some(n) = IN_DROP_THEN_LOCK.get_ptr_mut(t % TASK_SLOTS) {
             // SAFETY: a valid map value; only tasks sharing the slot write it.
             unsafe { *n = (*n).saturating_add(1) };
         }
@@ -706,10 +718,8 @@ fn drop_then_lock_enter() {
 #[inline(always)]
 fn drop_then_lock_leave() {
     // Filtered as the enter is, so an untraced task sharing the slot cannot take a count away.
-    if !traced() {
-        return;
-    }
-    if let Some(n) = IN_DROP_THEN_LOCK.get_ptr_mut(tid() % TASK_SLOTS) {
+    let Some(t) = traced_tid() else { return };
+    if let Some(n) = IN_DROP_THEN_LOCK.get_ptr_mut(t % TASK_SLOTS) {
         // SAFETY: as above. A leave whose enter the kernel skipped finds 0.
         unsafe { *n = (*n).saturating_sub(1) };
     }
@@ -807,7 +817,7 @@ pub fn took_trylock(sem: u64) -> bool {
 #[inline(always)]
 pub fn trusted_vma_read<C: EbpfContext>(ctx: &C) -> Option<u64> {
     let t = tid();
-    let h = unsafe { *current_hold()? };
+    let h = unsafe { *hold_of(t)? };
     // A hold from before the VMA's last reset may be one of the stale ones: not trusted. Nor is
     // one whose VMA lost its slot: nothing counts the holds on it any more.
     let counts = vma_holds(h.vma)?;
