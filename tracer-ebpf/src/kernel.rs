@@ -121,6 +121,24 @@ pub fn vma_mm(l: &Layout, vma: u64) -> u64 {
     read::<u64>(vma, l.vma_mm).unwrap_or(0)
 }
 
+/// `mm->mm_lock_seq(.sequence)`, where the layout has it.
+#[inline(always)]
+pub fn mm_lock_seq(l: &Layout, mm: u64) -> Option<u32> {
+    if l.known & layout::VMA_SEQ == 0 {
+        return None;
+    }
+    read::<u32>(mm, l.mm_lock_seq)
+}
+
+/// Whether `vma` is write-locked, given its mm's `mm_lock_seq` (read once for several VMAs of
+/// one mm): what [`vma_facts`] says with VMA_KNOWN and VMA_WRITE_LOCKED, without the reader
+/// count's read. None where that is unknown.
+#[inline(always)]
+pub fn vma_write_locked(l: &Layout, mm_seq: Option<u32>, vma: u64) -> Option<bool> {
+    let mseq = mm_seq?;
+    read::<u32>(vma, l.vma_lock_seq).map(|vseq| vseq == mseq)
+}
+
 /// Write-lock state of `vma` in `mm` (include/linux/mmap_lock.h __is_vma_write_locked:
 /// `vma->vm_lock_seq == mm->mm_lock_seq.sequence`), and its readers where the layout shows them.
 #[inline(always)]

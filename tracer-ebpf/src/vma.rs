@@ -19,7 +19,7 @@ use tracer_common::{counter, fact, kind, layout, prepare_role, site, walk_lock};
 use crate::{
     task::TASK_SLOTS,
     emit::{Body, count, emit_body, keep_legal, stack_id, traced, traced_tid, witness_stack_id},
-    kernel::{layout, mmap_facts, read, vma_facts, vma_mm, vma_readers},
+    kernel::{layout, mm_lock_seq, mmap_facts, read, read_two, vma_facts, vma_mm, vma_readers, vma_write_locked},
     locks::{LearnKey, learn, learn_from, learn_key, on_trylock_entry},
 };
 
@@ -69,13 +69,8 @@ fn learn_in(slot: *mut Hold, vma: u64) {
     }
 }
 
-/// [`learn_in`] the current task's slot.
-#[inline(always)]
-fn learn_for_task(vma: u64) {
-    learn_for(tid(), vma)
-}
-
-/// [`learn_in`] the slot of task `t` (the current task, its tid read already).
+/// [`learn_in`] the slot of task `t`: the current task, its tid read with the filter
+/// (emit::traced_tid), where each hook had read it again here.
 #[inline(always)]
 fn learn_for(t: u32, vma: u64) {
     match task_slot(t) {
@@ -311,18 +306,16 @@ pub fn vma_write_locking<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, t: 
     let l = layout();
     learn_for(t, vma);
     let mm = vma_mm(&l, vma);
-    let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
+    let mmap = mmap_facts(&l, mm);
     // Legal: this task holds the mmap_lock for write (vma-write-needs-mmap-write). It is still
-    // sent under a watched rwsem, where it is the taken side of a lock-order edge.
-    let legal = writer_is_current(facts);
-    let stack_id = if legal && !under_watched_lock(t) {
-        if keep_legal(kind::VMA_WRITE_LOCK) {
-            return;
-        }
-        witness_stack_id(ctx)
-    } else {
-        stack_id(ctx)
-    };
+    // sent under a watched rwsem, where it is the taken side of a lock-order edge. The mmap_lock
+    // decides it, so a kept one does not read the VMA's own state (three reads).
+    let witness = writer_is_current(mmap) && !under_watched_lock(t);
+    if witness && keep_legal(kind::VMA_WRITE_LOCK) {
+        return;
+    }
+    let facts = mmap | vma_facts(&l, mm, vma);
+    let stack_id = if witness { witness_stack_id(ctx) } else { stack_id(ctx) };
     let body = Body { mm, vma, args: [0, 0, 0], facts, stack_id };
     emit_body(ctx, kind::VMA_WRITE_LOCK, 0, &body);
 }
@@ -468,33 +461,37 @@ pub fn walk_step_kprobe(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_vma_prepare<C: Args>(ctx: &C) {
-    if !traced() {
-        return;
-    }
+    let Some(t) = traced_tid() else { return };
     let l = layout();
     if l.known & layout::VMA_PREPARE == 0 {
         return;
     }
     let vp = ctx.arg_u64(0);
-    let vma = read::<u64>(vp, l.vp_vma).unwrap_or(0);
+    // struct vma_prepare's vma and adj_next are neighbours, as are remove and remove2: two
+    // reads, not four (the VMA itself was read twice before).
+    let (vma, adj_next) = read_two(vp, l.vp_vma, l.vp_adj_next);
+    let (remove, remove2) = read_two(vp, l.vp_remove, l.vp_remove2);
+    let vma = vma.unwrap_or(0);
     // vma_prepare takes this VMA's i_mmap_rwsem and anon_vma lock next.
-    learn_for_task(vma);
+    learn_for(t, vma);
     let mm = vma_mm(&l, vma);
+    // The mm's sequence once for all four (the caller holds its mmap write lock), and only the
+    // VMAs' own sequences after it: the roles need nothing else.
+    let mm_seq = mm_lock_seq(&l, mm);
     let mut unlocked = 0u64;
     let mut first = 0u64;
     let roles = [
-        (l.vp_vma, prepare_role::VMA),
-        (l.vp_adj_next, prepare_role::ADJ_NEXT),
-        (l.vp_remove, prepare_role::REMOVE),
-        (l.vp_remove2, prepare_role::REMOVE2),
+        (Some(vma), prepare_role::VMA),
+        (adj_next, prepare_role::ADJ_NEXT),
+        (remove, prepare_role::REMOVE),
+        (remove2, prepare_role::REMOVE2),
     ];
-    for (off, role) in roles {
-        let v = read::<u64>(vp, off).unwrap_or(0);
+    for (v, role) in roles {
+        let v = v.unwrap_or(0);
         if v == 0 {
             continue;
         }
-        let f = vma_facts(&l, mm, v);
-        if f & tracer_common::fact::VMA_KNOWN != 0 && f & tracer_common::fact::VMA_WRITE_LOCKED == 0 {
+        if vma_write_locked(&l, mm_seq, v) == Some(false) {
             unlocked |= role;
             if first == 0 {
                 first = v;
@@ -526,10 +523,11 @@ pub fn vma_prepare_kprobe(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_new_vma<C: EbpfContext + StackIdContext>(ctx: &C, vma: u64, site: u64) {
-    if !traced() || !valid_ptr(vma) {
+    if !valid_ptr(vma) {
         return;
     }
-    learn_for_task(vma);
+    let Some(t) = traced_tid() else { return };
+    learn_for(t, vma);
     let l = layout();
     let mm = vma_mm(&l, vma);
     let facts = mmap_facts(&l, mm) | vma_facts(&l, mm, vma);
@@ -886,14 +884,25 @@ pub struct Protected {
 #[inline(always)]
 fn protected(vma: u64) -> Protected {
     let l = layout();
-    let opt = |bit: u32, off: u32| if l.known & bit != 0 { read::<u64>(vma, off).unwrap_or(0) } else { 0 };
-    Protected {
-        vma,
-        flags: opt(layout::VMA_BASICS, l.vma_flags),
-        prot: opt(layout::VMA_PAGE_PROT, l.vma_page_prot),
-        uffd: opt(layout::VMA_UFFD, l.vma_uffd_ctx),
-        policy: opt(layout::VMA_POLICY, l.vma_policy),
-        behavior: 0,
+    // vm_page_prot and vm_flags are neighbours: one read for both (see `known_two`).
+    let (flags, prot) = known_two(&l, vma, (layout::VMA_BASICS, l.vma_flags), (layout::VMA_PAGE_PROT, l.vma_page_prot));
+    let (uffd, policy) = known_two(&l, vma, (layout::VMA_UFFD, l.vma_uffd_ctx), (layout::VMA_POLICY, l.vma_policy));
+    Protected { vma, flags, prot, uffd, policy, behavior: 0 }
+}
+
+/// Two u64 fields of `vma`, each as (layout bit, offset), 0 where the layout lacks it or the
+/// read fails: one read where both are known (kernel::read_two), since a modifier reads four
+/// at entry and four at return.
+#[inline(always)]
+fn known_two(l: &tracer_common::Layout, vma: u64, a: (u32, u32), b: (u32, u32)) -> (u64, u64) {
+    match (l.known & a.0 != 0, l.known & b.0 != 0) {
+        (true, true) => {
+            let (x, y) = read_two(vma, a.1, b.1);
+            (x.unwrap_or(0), y.unwrap_or(0))
+        }
+        (true, false) => (read::<u64>(vma, a.1).unwrap_or(0), 0),
+        (false, true) => (0, read::<u64>(vma, b.1).unwrap_or(0)),
+        (false, false) => (0, 0),
     }
 }
 
@@ -927,8 +936,7 @@ pub struct Modifying {
 static MODIFYING: Array<Modifying> = Array::with_max_entries(TASK_SLOTS, 0);
 
 #[inline(always)]
-fn stash(site: u64, before: Protected) {
-    let t = tid();
+fn stash(t: u32, site: u64, before: Protected) {
     if let Some(slot) = MODIFYING.get_ptr_mut(t % TASK_SLOTS) {
         // SAFETY: a valid map value.
         unsafe { *slot = Modifying { tid: t, site: site as u32, before } };
@@ -952,28 +960,24 @@ fn unstash(site: u64) -> Option<Protected> {
 
 #[inline(always)]
 fn on_modify_entry<C: Args, const VMA: usize, const SITE: u64>(ctx: &C) {
-    if !traced() {
-        return;
-    }
+    let Some(t) = traced_tid() else { return };
     let vma = ctx.arg_u64(VMA);
-    learn_for_task(vma);
-    stash(SITE, protected(vma));
+    learn_for(t, vma);
+    stash(t, SITE, protected(vma));
 }
 
 /// [`on_modify_entry`] for a modifier that takes the VMA inside a `struct madvise_behavior *`
 /// (argument `ARG`): madvise_update_vma since 6.16.
 #[inline(always)]
 fn on_modify_entry_behavior<C: Args, const ARG: usize, const SITE: u64>(ctx: &C) {
-    if !traced() {
-        return;
-    }
+    let Some(t) = traced_tid() else { return };
     let behavior = ctx.arg_u64(ARG);
     let vma = behavior_vma(behavior);
     if vma == 0 {
         return;
     }
-    learn_for_task(vma);
-    stash(SITE, Protected { behavior, ..protected(vma) });
+    learn_for(t, vma);
+    stash(t, SITE, Protected { behavior, ..protected(vma) });
 }
 
 /// At the return: reads the same VMA again (kretprobes have no arguments, so the pointer comes
