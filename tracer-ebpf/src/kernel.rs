@@ -88,6 +88,22 @@ pub fn read_two(base: u64, a: u32, b: u32) -> (Option<u64>, Option<u64>) {
     }
 }
 
+/// Two u64 fields of `base`, each as (layout bit, offset), 0 where the layout lacks it or the
+/// read fails: through [`read_two`] where both are known. A VMA modifier reads four fields at
+/// entry and four at return, and lock-class learning a VMA's file and anon_vma.
+#[inline(always)]
+pub fn read_known_two(l: &Layout, base: u64, a: (u32, u32), b: (u32, u32)) -> (u64, u64) {
+    match (l.known & a.0 != 0, l.known & b.0 != 0) {
+        (true, true) => {
+            let (x, y) = read_two(base, a.1, b.1);
+            (x.unwrap_or(0), y.unwrap_or(0))
+        }
+        (true, false) => (read::<u64>(base, a.1).unwrap_or(0), 0),
+        (false, true) => (0, read::<u64>(base, b.1).unwrap_or(0)),
+        (false, false) => (0, 0),
+    }
+}
+
 /// State of `mm->mmap_lock` as the current task sees it.
 #[inline(always)]
 pub fn mmap_facts(l: &Layout, mm: u64) -> u32 {

@@ -16,7 +16,7 @@ use tracer_common::{counter, fact, flag, kind, layout, lock_class};
 use crate::{
     task::TASK_SLOTS,
     emit::{Body, default_run, emit_body, stack_id, traced, traced_tid},
-    kernel::{layout, read, read_two},
+    kernel::{layout, read, read_known_two},
     vma::{Args, trusted_vma_read},
 };
 
@@ -325,12 +325,8 @@ pub fn learn_key(vma: u64) -> LearnKey {
     let l = layout();
     let field = |bit: u32, off: u32| if vma != 0 && l.known & bit != 0 { read::<u64>(vma, off).unwrap_or(0) } else { 0 };
     let vm_lock = if VM_LOCK_WRITES.load() != 0 { field(layout::VMA_VM_LOCK, l.vma_vm_lock) } else { 0 };
-    let (file, anon) = if vma != 0 && l.known & (layout::LOCK_FILE | layout::LOCK_ANON) == layout::LOCK_FILE | layout::LOCK_ANON {
-        let (f, a) = read_two(vma, l.vma_file, l.vma_anon_vma);
-        (f.unwrap_or(0), a.unwrap_or(0))
-    } else {
-        (field(layout::LOCK_FILE, l.vma_file), field(layout::LOCK_ANON, l.vma_anon_vma))
-    };
+    // A VMA 0 reads nothing (kernel::read), as `field` checks.
+    let (file, anon) = read_known_two(&l, vma, (layout::LOCK_FILE, l.vma_file), (layout::LOCK_ANON, l.vma_anon_vma));
     LearnKey { vma, vm_lock, file, anon }
 }
 

@@ -19,7 +19,7 @@ use tracer_common::{counter, fact, kind, layout, prepare_role, site, walk_lock};
 use crate::{
     task::TASK_SLOTS,
     emit::{Body, count, emit_body, keep_legal, stack_id, traced, traced_tid, witness_stack_id},
-    kernel::{layout, mm_lock_seq, mmap_facts, read, read_two, vma_facts, vma_mm, vma_readers, vma_write_locked},
+    kernel::{layout, mm_lock_seq, mmap_facts, read, read_known_two, read_two, vma_facts, vma_mm, vma_readers, vma_write_locked},
     locks::{LearnKey, learn, learn_from, learn_key, on_trylock_entry},
 };
 
@@ -884,26 +884,10 @@ pub struct Protected {
 #[inline(always)]
 fn protected(vma: u64) -> Protected {
     let l = layout();
-    // vm_page_prot and vm_flags are neighbours: one read for both (see `known_two`).
-    let (flags, prot) = known_two(&l, vma, (layout::VMA_BASICS, l.vma_flags), (layout::VMA_PAGE_PROT, l.vma_page_prot));
-    let (uffd, policy) = known_two(&l, vma, (layout::VMA_UFFD, l.vma_uffd_ctx), (layout::VMA_POLICY, l.vma_policy));
+    // vm_page_prot and vm_flags are neighbours: one read for both (kernel::read_known_two).
+    let (flags, prot) = read_known_two(&l, vma, (layout::VMA_BASICS, l.vma_flags), (layout::VMA_PAGE_PROT, l.vma_page_prot));
+    let (uffd, policy) = read_known_two(&l, vma, (layout::VMA_UFFD, l.vma_uffd_ctx), (layout::VMA_POLICY, l.vma_policy));
     Protected { vma, flags, prot, uffd, policy, behavior: 0 }
-}
-
-/// Two u64 fields of `vma`, each as (layout bit, offset), 0 where the layout lacks it or the
-/// read fails: one read where both are known (kernel::read_two), since a modifier reads four
-/// at entry and four at return.
-#[inline(always)]
-fn known_two(l: &tracer_common::Layout, vma: u64, a: (u32, u32), b: (u32, u32)) -> (u64, u64) {
-    match (l.known & a.0 != 0, l.known & b.0 != 0) {
-        (true, true) => {
-            let (x, y) = read_two(vma, a.1, b.1);
-            (x.unwrap_or(0), y.unwrap_or(0))
-        }
-        (true, false) => (read::<u64>(vma, a.1).unwrap_or(0), 0),
-        (false, true) => (0, read::<u64>(vma, b.1).unwrap_or(0)),
-        (false, false) => (0, 0),
-    }
 }
 
 /// `madv_behavior->vma`, or 0 where this kernel has no struct madvise_behavior.
